@@ -1,0 +1,1 @@
+"""Strict, streaming weight conversion between diffusers/transformers folders and prx_jax."""

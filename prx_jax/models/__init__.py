@@ -1,0 +1,1 @@
+"""Flax NNX models: the PRX denoiser (and, later, the frozen towers)."""

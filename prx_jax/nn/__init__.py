@@ -1,0 +1,1 @@
+"""Generic layers (linear, norms, embeddings, RoPE, attention). They know nothing of PRX."""
