@@ -1,8 +1,8 @@
 """Loading and saving the PRX denoiser: diffusers folders, research checkpoints, prx_jax folders.
 
-Loading is strict and streaming: the abstract model comes from ``nnx.eval_shape``, every source key is
-matched against it before any tensor is read, then tensors are read, converted and placed one at a
-time (on the mesh when one is given), so peak host memory is the model plus one tensor.
+Loading is strict and streaming: the abstract model comes from ``nnx.eval_shape``, every source key
+is matched against it before any tensor is read, then tensors are read, converted and placed one
+at a time (on the mesh when one is given), so peak host memory is the model plus one tensor.
 
 The prx_jax weights folder is ``config.json`` (diffusers' transformer config), ``prx_jax.json``
 (format marker and parameter dtype) and ``params/``, an Orbax checkpoint of the NNX parameter tree;

@@ -3,8 +3,8 @@
 Legend: B batch, C channels, H/W spatial size, P patch size, L image tokens, T text tokens,
 D hidden size, N heads, K head_dim, M MLP hidden, E text-encoder width.
 
-Image tokens attend to ``[text | image]`` keys; text tokens are projected once (``txt_in``) and never
-updated. Attribute names mirror diffusers' module names, so weight conversion is a rename plus
+Image tokens attend to ``[text | image]`` keys; text tokens are projected once (``txt_in``) and
+never updated. Attribute names mirror diffusers' module names, so weight conversion is a rename plus
 transposes (see ``prx_jax.convert.prx_keys``).
 """
 

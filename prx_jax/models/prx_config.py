@@ -38,7 +38,8 @@ class PRXConfig:
             raise ValueError(f"PRXConfig.depth must be >= 0, got {self.depth}")
         if self.hidden_size % self.num_heads:
             raise ValueError(
-                f"PRXConfig.hidden_size {self.hidden_size} must divide by num_heads {self.num_heads}"
+                f"PRXConfig.hidden_size {self.hidden_size} must divide by "
+                f"num_heads {self.num_heads}"
             )
         if sum(self.axes_dim) != self.head_dim:
             raise ValueError(

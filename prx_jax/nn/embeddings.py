@@ -13,7 +13,8 @@ def sinusoidal_embedding(
 ) -> jax.Array:
     """``[cos(scale*t*f_k), sin(scale*t*f_k)]`` with ``f_k = exp(-ln(max_period) k / (dim/2))``.
 
-    The operation order (``t * f`` first, then ``* scale``) follows diffusers so fp32 rounding agrees.
+    The operation order (``t * f`` first, then ``* scale``) follows diffusers, so fp32 rounding
+    agrees.
     """
     half = dim // 2
     exponent = jnp.arange(half, dtype=jnp.float32) * jnp.float32(-math.log(max_period))

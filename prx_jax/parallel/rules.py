@@ -31,6 +31,7 @@ DEFAULT_RULES: Mapping[str, str | tuple[str, ...] | None] = {
     "bottleneck": None,
     "freq": None,  # sinusoidal embedding width (256)
     "head_dim": None,  # per-head norms
+    "norm": None,  # full-width norm scales (the text encoder's RMSNorms)
     "conv_in": None,  # VAE convolution channels: small enough to replicate
     "conv_out": None,
     "conv_k": None,
