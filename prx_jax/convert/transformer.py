@@ -258,9 +258,13 @@ def save_transformer(
         params = nnx.state(model, nnx.Param)
         if target is not None:
             params = jax.tree.map(lambda a: a.astype(target), params)
-        ckpt = ocp.StandardCheckpointer()
-        ckpt.save((out / "params").absolute(), params.to_pure_dict())
-        ckpt.wait_until_finished()
+        # Bounded staging and writes: at 1.17B this peaks at 1.25x the model instead of 1.6x
+        # (Orbax's defaults copy every array to host at once).
+        handler = ocp.PyTreeCheckpointHandler(
+            save_concurrent_gb=1, save_device_host_concurrent_gb=1
+        )
+        with ocp.Checkpointer(handler) as ckpt:
+            ckpt.save((out / "params").absolute(), args=ocp.args.PyTreeSave(params.to_pure_dict()))
         pdtype = str(target or flat[0][1].get_value().dtype) if flat else "float32"
         (out / PRX_JAX_MARKER).write_text(
             json.dumps({"format": "prx_jax.transformer", "version": 1, "param_dtype": pdtype})
