@@ -24,7 +24,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Prepa
     p.add_argument("--resolution", type=int, default=d.resolution, help="base bucket resolution")
     p.add_argument("--patch-size", type=int, default=d.patch_size, help="bucket side multiple")
     p.add_argument("--workers", type=int, default=0, help="worker processes (0: in-process)")
-    p.add_argument("--min-side", type=int, default=d.min_side, help="drop smaller images")
+    p.add_argument(
+        "--min-side",
+        type=int,
+        default=None,
+        help=f"drop images whose smaller side is below this (default {d.min_side}; for demo:N, "
+        "which renders at the bucket size, no limit)",
+    )
     p.add_argument("--min-aspect", type=float, default=d.min_aspect, help="lowest kept w/h")
     p.add_argument("--max-aspect", type=float, default=d.max_aspect, help="highest kept w/h")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="decompression-bomb limit")
@@ -45,13 +51,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Prepa
     p.add_argument("--demo-seed", type=int, default=d.demo_seed, help="seed of demo:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    is_demo = args.source.startswith("demo:")
     near = args.near_dup_threshold
     if near is None:
-        near = -1 if args.source.startswith("demo:") else d.near_dup_threshold
+        near = -1 if is_demo else d.near_dup_threshold
+    min_side = args.min_side if args.min_side is not None else (1 if is_demo else d.min_side)
     opts = PrepareOptions(
         resolution=args.resolution,
         patch_size=args.patch_size,
-        min_side=args.min_side,
+        min_side=min_side,
         min_aspect=args.min_aspect,
         max_aspect=args.max_aspect,
         max_pixels=args.max_pixels,
