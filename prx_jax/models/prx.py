@@ -118,6 +118,13 @@ class ResolutionEmbedder(nnx.Module):
         return self.mlp(jnp.concatenate([e_h, e_w], axis=-1).astype(dtype))
 
 
+def _block_forward(graphdef, state, impl, *args):
+    return nnx.merge(graphdef, state)(*args, impl)
+
+
+_block_forward_remat = jax.checkpoint(_block_forward, static_argnums=(0, 2))
+
+
 def patchify(x_BxCxHxW: jax.Array, p: int) -> jax.Array:
     """``[B, C, H, W] -> [B, (H/p)(W/p), C*p*p]``: row-major tokens, ``(c, ph, pw)`` features."""
     B, C, H, W = x_BxCxHxW.shape
@@ -147,8 +154,10 @@ class PRXTransformer(nnx.Module):
         param_dtype=jnp.float32,
         dtype=None,
         attention_impl: str = "xla",
+        remat: bool = False,
     ):
         cfg = self.config = config
+        self.remat = remat  # recompute each block's activations in the backward pass
         kw = {"param_dtype": param_dtype, "dtype": dtype}
         D = cfg.hidden_size
         self.dtype = dtype
@@ -176,6 +185,12 @@ class PRXTransformer(nnx.Module):
             return self.img_in(tokens_BxLxF)
         return self.img_in[1](self.img_in[0](tokens_BxLxF))
 
+    def _call_block(self, block, img, txt, vec, rope, mask):
+        if not self.remat:
+            return block(img, txt, vec, rope, mask, self.attention_impl)
+        graphdef, state = nnx.split(block)
+        return _block_forward_remat(graphdef, state, self.attention_impl, img, txt, vec, rope, mask)
+
     def __call__(self, hidden_states, timestep, encoder_hidden_states, attention_mask=None):
         cfg = self.config
         B, C, H, W = hidden_states.shape
@@ -197,9 +212,7 @@ class PRXTransformer(nnx.Module):
             vec_BxD = vec_BxD + self.resolution_embedder(h_B, w_B, vec_BxD.dtype)
         mask_BxT = None if attention_mask is None else attention_mask.astype(bool)
         for block in self.blocks:
-            img_BxLxD = block(
-                img_BxLxD, txt_BxTxD, vec_BxD, (cos, sin), mask_BxT, self.attention_impl
-            )
+            img_BxLxD = self._call_block(block, img_BxLxD, txt_BxTxD, vec_BxD, (cos, sin), mask_BxT)
         out = self.final_layer(img_BxLxD, vec_BxD)
         return unpatchify(out, p, H, W)
 

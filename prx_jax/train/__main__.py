@@ -1,0 +1,36 @@
+"""``python -m prx_jax.train [--config configs/X.yaml] [key.sub=value ...]``.
+
+With no arguments it trains the demo preset (``configs/demo.yaml``; the built-in defaults when the
+file is not there): a tiny pixel-space PRX on the procedural demo dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m prx_jax.train", description=__doc__.split("\n")[0])
+    p.add_argument("--config", type=Path, default=None, help="YAML preset (default: demo)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4")
+    args = p.parse_args(argv)
+    from prx_jax.config import ConfigError, load_config
+
+    path = args.config or (DEMO if DEMO.exists() else None)
+    try:
+        cfg = load_config(path, args.overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from prx_jax.train.loop import train
+
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
