@@ -7,12 +7,14 @@ from prx_jax.convert.transformer import load_transformer, save_transformer
 from prx_jax.models.presets import PRESETS, get_preset
 from prx_jax.models.prx import PRXTransformer
 from prx_jax.models.prx_config import PRXConfig
+from prx_jax.pipeline import load_pipeline
 
 __all__ = [
     "PRESETS",
     "PRXConfig",
     "PRXTransformer",
     "get_preset",
+    "load_pipeline",
     "load_transformer",
     "save_transformer",
 ]

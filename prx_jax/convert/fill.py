@@ -29,7 +29,9 @@ _TO_JAX: dict[int, tuple[int, ...]] = {2: (1, 0), 4: (2, 3, 1, 0)}
 KeyFn = Callable[[Sequence[str | int], tuple[int, ...]], tuple[str, tuple[int, ...] | None]]
 
 
-def torch_key(path: Sequence[str | int], shape: tuple[int, ...]) -> tuple[str, tuple[int, ...] | None]:
+def torch_key(
+    path: Sequence[str | int], shape: tuple[int, ...]
+) -> tuple[str, tuple[int, ...] | None]:
     """``(key, axes)``: the torch key of one NNX parameter and the transpose taking the torch
     tensor to our layout (None: same layout)."""
     *parents, leaf = (str(p) for p in path)
@@ -110,4 +112,3 @@ def fill_from_tensors(
         var.set_value(jax.device_put(arr, sharding_of(var, mesh, rules)))
         del arr
     return nnx.merge(graphdef, state)
-

@@ -53,6 +53,8 @@ def make_mesh(
         if len(devices) % known:
             raise ValueError(f"{len(devices)} devices do not divide by data*fsdp*tensor={known}")
         sizes[sizes.index(-1)] = len(devices) // known
+    if -1 not in (data, fsdp, tensor) and int(np.prod(sizes)) < len(devices):
+        devices = devices[: int(np.prod(sizes))]  # an explicit smaller mesh uses the first devices
     if int(np.prod(sizes)) != len(devices):
         raise ValueError(
             f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -23,7 +24,7 @@ from prx_jax.parallel.rules import make_mesh
 from prx_jax.train import metrics as metrics_lib
 from prx_jax.train.checkpoint import Checkpointer, abstract_like
 from prx_jax.train.optim import lr_schedule, make_optimizer
-from prx_jax.train.state import init_train_state, make_model
+from prx_jax.train.state import TrainState, init_train_state, make_model
 from prx_jax.train.step import StepStatics, eval_loss, train_step
 from prx_jax.train.towers import Towers, build_towers
 from prx_jax.train.validate import ValidationSpec, default_prompts, make_sampler, run_validation
@@ -105,14 +106,28 @@ def _bin_metrics(prefix: str, edges, sums, counts) -> dict:
     return out
 
 
-def train(cfg: Config) -> dict:
-    """Runs (or resumes) the training described by ``cfg``; returns the last logged metrics."""
-    from prx_jax.data import make_pipeline
+@dataclasses.dataclass
+class Run:
+    """Everything a run is built from; ``setup`` makes it, ``train`` drives it (tests use both)."""
 
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        save_config(cfg, run_dir / "config.yaml")
+    cfg: Config
+    mesh: jax.sharding.Mesh
+    prx: PRXConfig
+    towers: Towers
+    graphdef: nnx.GraphDef
+    statics: StepStatics
+    state: TrainState
+    state_shardings: TrainState
+    batch_sharding: NamedSharding
+    frozen: dict
+    step_fn: Callable
+
+    def device_batch(self, batch: dict) -> dict:
+        return _device_batch(batch, self.towers, self.batch_sharding)
+
+
+def setup(cfg: Config) -> Run:
+    """Mesh, towers, model, optimizer and the sharded train state (fresh or ``init_from``)."""
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     batch_axes = mesh.shape["data"] * mesh.shape["fsdp"]
     if cfg.data.global_batch_size % (batch_axes * cfg.train.grad_accum):
@@ -128,20 +143,38 @@ def train(cfg: Config) -> dict:
     state, state_sh = init_train_state(
         graphdef, builder, tx, mesh, cfg.train.seed, _initial_params(cfg, prx, mesh)
     )
+    statics = _statics(cfg, graphdef, tx, towers)
+    step_fn = jax.jit(
+        functools.partial(train_step, statics=statics),
+        out_shardings=(state_sh, None),
+        donate_argnums=0,
+    )
     batch_sh = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    frozen = towers.frozen()
+    return Run(
+        cfg, mesh, prx, towers, graphdef, statics, state, state_sh, batch_sh, frozen, step_fn
+    )
+
+
+def train(cfg: Config) -> dict:
+    """Runs (or resumes) the training described by ``cfg``; returns the last logged metrics."""
+    from prx_jax.data import make_pipeline
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        save_config(cfg, run_dir / "config.yaml")
+    run = setup(cfg)
+    prx, towers, state, state_sh = run.prx, run.towers, run.state, run.state_shardings
+    batch_sh, statics, frozen, step_fn, graphdef = (
+        run.batch_sharding, run.statics, run.frozen, run.step_fn, run.graphdef
+    )  # fmt: skip
     data_iter = make_pipeline(cfg.data, batch_sharding=batch_sh)
     ckpt = Checkpointer(run_dir, keep=cfg.checkpoint.keep)
     start = ckpt.latest_step()
     if start is not None:
         state = ckpt.restore(start, abstract_like(state, state_sh), data_iter)
         print(f"resumed from {ckpt.directory / str(start)} (step {int(state.step)})")
-    statics = _statics(cfg, graphdef, tx, towers)
-    frozen = towers.frozen()
-    step_fn = jax.jit(
-        functools.partial(train_step, statics=statics),
-        out_shardings=(state_sh, None),
-        donate_argnums=0,
-    )
     writer = metrics_lib.MetricsWriter(
         run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
         config=cfg,

@@ -103,12 +103,12 @@ def init_train_state(
     param_abs = nnx.state(abstract_model, nnx.Param)
     param_sh = param_sharding_tree(param_abs, mesh)
 
-    def init(key):
-        if initial_params is None:
+    def init(key, given):
+        if given is None:
             params = nnx.state(model_builder(nnx.Rngs(key)), nnx.Param).to_pure_dict()
             params = zero_output_layers(params)
         else:
-            params = initial_params
+            params = given
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -116,7 +116,8 @@ def init_train_state(
             ema=jax.tree.map(lambda p: p.astype(jnp.float32), params),
         )
 
-    abstract = jax.eval_shape(init, jax.random.key(seed))
+    key = jax.random.key(seed)
+    abstract = jax.eval_shape(init, key, initial_params)
     shardings = state_shardings(tx, abstract, param_sh, mesh)
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+    state = jax.jit(init, out_shardings=shardings)(key, initial_params)
     return state, shardings

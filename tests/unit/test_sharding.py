@@ -52,5 +52,8 @@ def test_rules_replicate_indivisible_dims_and_never_reuse_an_axis():
 
 def test_mesh_sizes():
     assert dict(make_mesh(2, -1, 1).shape) == {"data": 2, "fsdp": 4, "tensor": 1}
-    with pytest.raises(ValueError, match="needs 6 devices"):
-        make_mesh(2, 3, 1)
+    assert make_mesh(1, 1, 1).devices.size == 1  # explicit smaller meshes take the first devices
+    with pytest.raises(ValueError, match="needs 16 devices"):
+        make_mesh(2, 8, 1)
+    with pytest.raises(ValueError, match="do not divide"):
+        make_mesh(3, -1, 1)

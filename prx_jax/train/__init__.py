@@ -1,0 +1,1 @@
+"""Training: optimizers, EMA, train state, step and loop."""

@@ -1,0 +1,30 @@
+"""A tiny trainer config shared by the trainer tests (odd dims, 32 px demo, 16 tokens)."""
+
+from prx_jax.config import load_config
+
+TINY = [
+    "model.preset=tiny",
+    "model.in_channels=3",
+    "model.patch_size=8",
+    "model.hidden_size=36",
+    "model.num_heads=3",
+    "model.depth=2",
+    "model.axes_dim=[6,6]",
+    "model.compute_dtype=float32",
+    "text.max_length=16",
+    "data.resolution=32",
+    "data.patch_size=32",
+    "data.global_batch_size=8",
+    "optim.lr=1e-3",
+    "optim.warmup_steps=5",
+    "ema.every=1",
+    "ema.decay=0.9",
+    "validation.every=0",
+    "checkpoint.every=1000",
+    "logging.progress=false",
+    "logging.tensorboard=false",
+]
+
+
+def tiny_config(run_dir, *overrides):
+    return load_config(None, [*TINY, f"run_dir={run_dir}", *overrides])

@@ -1,0 +1,56 @@
+"""The config system: every preset parses, overrides are typed, bad input names its key."""
+
+from pathlib import Path
+
+import pytest
+
+from prx_jax.config import ConfigError, load_config, save_config
+from prx_jax.train.__main__ import main as train_main
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+def test_there_are_presets():
+    names = {p.stem for p in CONFIGS}
+    assert {"demo", "speedrun-512", "speedrun-1024", "finetune-prx-512"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_yaml_loads_and_round_trips(path, tmp_path):
+    cfg = load_config(path)
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+    # the keys scripts and docs rely on
+    keys = ["train.steps=7", "train.seed=7", "data.batch_size=64", "checkpoint.every=7"]
+    cfg2 = load_config(path, ["run_dir=/tmp/x", "validation.every=3", *keys])
+    assert (cfg2.run_dir, cfg2.train.steps, cfg2.data.global_batch_size) == ("/tmp/x", 7, 64)
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["optim.lr=3e-4", "data.batch_size=64", "model.axes_dim=[8, 8]"])
+    assert cfg.optim.lr == 3e-4 and cfg.data.global_batch_size == 64
+    assert cfg.model.axes_dim == (8, 8)
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("optim.lrr=1", "optim.lrr"),
+        ("nonsense=1", "nonsense"),
+        ("train.steps=abc", "train.steps: expected an integer"),
+        ("train.steps=-3", "train.steps must be >= 0"),
+        ("optim.name=sgd", "optim.name"),
+        ("objective.prediction=eps", "objective.prediction"),
+        ("data.global_batch_size=0", "global_batch_size"),
+        ("model.remat=maybe", "model.remat: expected true/false"),
+        ("train.steps", "must look like key.sub=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_cli_reports_config_errors(capsys):
+    assert train_main(["optim.lrr=1"]) == 2
+    assert "optim.lrr" in capsys.readouterr().err
