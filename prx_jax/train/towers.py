@@ -9,6 +9,7 @@ folder's ``text_encoder/`` and ``tokenizer/`` (T5Gemma-2B for Photoroom's checkp
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,9 @@ class Towers:
         }
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _encode(graphdef, params, ids, mask):
-    return jax.jit(lambda p, i, m: (nnx.merge(graphdef, p)(i, m), m))(params, ids, mask)
+    return nnx.merge(graphdef, params)(ids, mask), mask
 
 
 def build_towers(cfg, mesh: Mesh) -> Towers:
