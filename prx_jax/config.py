@@ -48,19 +48,31 @@ class ModelConfig:
     resolution_embeds: bool | None = None  # add an (H, W) embedding to the timestep vector
     compute_dtype: str = "bfloat16"  # activation dtype (parameters stay fp32 masters)
     param_dtype: str = "float32"  # master-weight dtype
-    attention_impl: str = "xla"  # "xla" everywhere, "cudnn" on NVIDIA GPUs
+    attention_impl: str = "xla"  # "xla" everywhere, "cudnn" NVIDIA, "splash" TPU, "auto" picks
     remat: bool = False  # rematerialise each block in the backward pass (less memory)
+    # with remat, what a block keeps: "full" (nothing) | "dots_saveable" (matmul outputs) |
+    # "dots_with_no_batch_dims_saveable" (weight matmuls, not attention)
+    remat_policy: str = "full"
+    scan_blocks: bool = False  # stack the blocks and lax.scan over them (compiles one block)
 
     def __post_init__(self):
         _check(self.compute_dtype in DTYPE_NAMES, f"model.compute_dtype: {self.compute_dtype!r}")
         _check(self.param_dtype in DTYPE_NAMES, f"model.param_dtype: {self.param_dtype!r}")
         _check(
-            self.attention_impl in ("xla", "cudnn"),
-            f"model.attention_impl: {self.attention_impl!r}",
+            self.attention_impl in ("xla", "cudnn", "splash", "auto"),
+            f"model.attention_impl: {self.attention_impl!r} (xla | cudnn | splash | auto)",
+        )
+        policies = ("full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+        _check(
+            self.remat_policy in policies,
+            f"model.remat_policy: {self.remat_policy!r} ({' | '.join(policies)})",
         )
 
     def overrides(self) -> dict[str, Any]:
-        skip = {"preset", "compute_dtype", "param_dtype", "attention_impl", "remat"}
+        skip = {
+            "preset", "compute_dtype", "param_dtype", "attention_impl", "remat", "remat_policy",
+            "scan_blocks",
+        }  # fmt: skip
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
@@ -126,6 +138,7 @@ class TrainConfig:
     seed: int = 0  # parameters, timesteps, noise and caption dropout derive from it
     grad_accum: int = 1  # micro-batches per step (global batch split inside the step)
     log_every: int = 10  # steps between metric lines (metrics fetched one step late)
+    on_nonfinite: typing.Literal["stop", "skip"] = "stop"  # NaN/Inf loss: stop, or skip the update
 
     def __post_init__(self):
         _check(self.steps >= 0, f"train.steps must be >= 0, got {self.steps}")
@@ -137,6 +150,7 @@ class TrainConfig:
 class CheckpointConfig:
     every: int = 500  # steps between checkpoints (and one at the end)
     keep: int = 2  # most recent checkpoints kept
+    keep_period: int | None = None  # also keep every checkpoint whose step divides by this
 
     def __post_init__(self):
         _check(self.every >= 1, f"checkpoint.every must be >= 1, got {self.every}")
@@ -171,6 +185,7 @@ class LoggingConfig:
 class Config:
     run_dir: str = "runs/demo"  # everything the run writes goes here
     init_from: str | None = None  # diffusers pipeline/transformer folder or prx_jax weights
+    resume: str = "auto"  # "auto" (newest checkpoint of run_dir), "never", or a run_dir to load
     model: ModelConfig = ModelConfig()
     text: TextConfig = TextConfig()
     vae: str = "none"  # "none" (pixel space) or "pipeline" (Flux VAE from text.path/init_from)
@@ -194,6 +209,11 @@ class Config:
             self.data.global_batch_size % self.train.grad_accum == 0,
             f"data.global_batch_size {self.data.global_batch_size} must divide by "
             f"train.grad_accum {self.train.grad_accum}",
+        )
+        # Muon orthogonalises 2-D block matrices; stacked blocks are 3-D (layers first).
+        _check(
+            not (self.model.scan_blocks and self.optim.name == "muon"),
+            "model.scan_blocks=true is not supported with optim.name=muon yet",
         )
 
 

@@ -41,7 +41,9 @@ SUPPORTED: dict[str, set[tuple[str, str]]] = {
     "tokenizer": {
         ("transformers", c)
         for c in ("GemmaTokenizerFast", "GemmaTokenizer", "AutoTokenizer", "T5TokenizerFast")
-    },
+    }
+    # a tokenizers WordLevel tokenizer.json: the demo text tower as prx_jax exports it
+    | {("transformers", "PreTrainedTokenizerFast")},
     "vae": {("diffusers", "AutoencoderKL")},
     "scheduler": {("diffusers", "FlowMatchEulerDiscreteScheduler")},
 }

@@ -50,6 +50,21 @@ def diffusers_key(path: Sequence[str | int]) -> tuple[str, bool]:
     return ".".join([*parents, leaf]), False
 
 
+def is_stacked(path: Sequence[str | int]) -> bool:
+    """A parameter of scanned blocks (``scan_blocks=True``): ``blocks.<name>...`` with a leading
+    layers axis, where the per-block layout has ``blocks.<i>.<name>...``."""
+    parts = [str(p) for p in path]
+    return len(parts) > 2 and parts[0] == "blocks" and not parts[1].isdigit()
+
+
+def layer_paths(path: Sequence[str | int], depth: int) -> list[tuple[str, ...]]:
+    """The per-block paths a parameter covers: one per layer when stacked, else itself."""
+    parts = tuple(str(p) for p in path)
+    if not is_stacked(parts):
+        return [parts]
+    return [("blocks", str(i), *parts[1:]) for i in range(depth)]
+
+
 def research_to_diffusers(key: str) -> str:
     for pattern, repl in _RESEARCH_RENAMES:
         if pattern.match(key):

@@ -22,7 +22,13 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from prx_jax.convert.errors import ConversionError
-from prx_jax.convert.prx_keys import RESEARCH_PREFIX, diffusers_key, research_to_diffusers
+from prx_jax.convert.prx_keys import (
+    RESEARCH_PREFIX,
+    diffusers_key,
+    is_stacked,
+    layer_paths,
+    research_to_diffusers,
+)
 from prx_jax.convert.safetensors_io import (
     FLOAT_NAMES,
     PlannedTensor,
@@ -70,25 +76,29 @@ def _sharding(var: nnx.Variable, mesh: Mesh | None, rules) -> jax.sharding.Shard
 
 def match_tensors(
     state: nnx.State, tensors: Mapping[str, TensorInfo], source: str
-) -> dict[tuple, tuple[TensorInfo, bool]]:
-    """Every target parameter to its source tensor; raises one error listing every problem."""
+) -> dict[tuple, list[tuple[TensorInfo, bool]]]:
+    """Every target parameter to its source tensor(s) (one per layer for stacked blocks); raises
+    one error listing every problem."""
     plan, problems = {}, {"missing": [], "unexpected": [], "mis-shaped": [], "not floating": []}
     expected = set()
     for path, var in nnx.to_flat_state(state):
-        key, transpose = diffusers_key(path)
-        expected.add(key)
-        info = tensors.get(key)
-        if info is None:
-            problems["missing"].append(
-                f"{key} {tuple(var.shape)[::-1] if transpose else var.shape}"
-            )
-            continue
-        want = tuple(var.shape)[::-1] if transpose else tuple(var.shape)
-        if info.shape != want:
-            problems["mis-shaped"].append(f"{key}: source {info.shape}, model needs {want}")
-        elif info.dtype not in FLOAT_NAMES:
-            problems["not floating"].append(f"{key}: {info.dtype}")
-        plan[path] = (info, transpose)
+        stacked = is_stacked(path)
+        shape = tuple(var.shape)[1:] if stacked else tuple(var.shape)
+        entries = []
+        for sub in layer_paths(path, var.shape[0] if stacked else 1):
+            key, transpose = diffusers_key(sub)
+            expected.add(key)
+            want = shape[::-1] if transpose else shape
+            info = tensors.get(key)
+            if info is None:
+                problems["missing"].append(f"{key} {want}")
+                continue
+            if info.shape != want:
+                problems["mis-shaped"].append(f"{key}: source {info.shape}, model needs {want}")
+            elif info.dtype not in FLOAT_NAMES:
+                problems["not floating"].append(f"{key}: {info.dtype}")
+            entries.append((info, transpose))
+        plan[path] = entries
     problems["unexpected"] = sorted(k for k in tensors if k not in expected)
     if any(problems.values()):
         raise ConversionError.from_problems(source, problems)
@@ -105,16 +115,27 @@ def build_from_tensors(
     attention_impl: str = "xla",
     mesh: Mesh | None = None,
     rules=DEFAULT_RULES,
+    scan_blocks: bool = False,
 ) -> PRXTransformer:
     param_dtype = as_dtype(dtype)
     graphdef, state = nnx.split(
-        abstract_model(cfg, param_dtype, dtype=compute_dtype, attention_impl=attention_impl)
-    )
+        abstract_model(
+            cfg, param_dtype, dtype=compute_dtype, attention_impl=attention_impl,
+            scan_blocks=scan_blocks,
+        )
+    )  # fmt: skip
     plan = match_tensors(state, tensors, source)
     for path, var in nnx.to_flat_state(state):
-        info, transpose = plan[path]
-        arr = read_tensor(info)
-        arr = (arr.T if transpose else arr).astype(param_dtype)
+        entries = plan[path]
+        if is_stacked(path):  # one [depth, ...] tensor filled layer by layer
+            arr = np.empty(var.shape, param_dtype)
+            for i, (info, transpose) in enumerate(entries):
+                layer = read_tensor(info)
+                arr[i] = layer.T if transpose else layer
+        else:
+            ((info, transpose),) = entries
+            arr = read_tensor(info)
+            arr = (arr.T if transpose else arr).astype(param_dtype)
         var.set_value(jax.device_put(arr, _sharding(var, mesh, rules)))
         del arr
     return nnx.merge(graphdef, state)
@@ -162,15 +183,20 @@ def load_transformer(
     rules=DEFAULT_RULES,
     config: PRXConfig | str | Mapping | None = None,
     research_prefix: str | None = None,
+    scan_blocks: bool = False,
 ) -> PRXTransformer:
     """The PRX denoiser from a diffusers ``transformer/`` folder, a pipeline root, a prx_jax
     weights folder, or a research checkpoint file (then ``config=`` names a preset or a JSON).
 
     ``dtype`` is the parameter dtype (fp32 master weights by default; bf16/fp16 sources upcast
-    exactly); ``compute_dtype`` the activation dtype (None: the input's)."""
+    exactly); ``compute_dtype`` the activation dtype (None: the input's). ``scan_blocks`` builds
+    the stacked-blocks model (the files are the same either way)."""
     src = find_source(path)
     cfg = resolve_config(config, src)
-    kw = dict(dtype=dtype, compute_dtype=compute_dtype, attention_impl=attention_impl)
+    kw = dict(
+        dtype=dtype, compute_dtype=compute_dtype, attention_impl=attention_impl,
+        scan_blocks=scan_blocks,
+    )  # fmt: skip
     if src.kind == "prx_jax":
         return _load_prx_jax(src.path, cfg, mesh=mesh, rules=rules, **kw)
     if src.kind == "diffusers":
@@ -181,10 +207,17 @@ def load_transformer(
 
 
 def _load_prx_jax(
-    folder: Path, cfg: PRXConfig, *, dtype, compute_dtype, attention_impl, mesh, rules
-):
+    folder: Path, cfg: PRXConfig, *, dtype, compute_dtype, attention_impl, mesh, rules,
+    scan_blocks=False,
+):  # fmt: skip
     import orbax.checkpoint as ocp
 
+    if scan_blocks:  # the folder holds per-block params: load them, then stack on device
+        per_block = _load_prx_jax(
+            folder, cfg, dtype=dtype, compute_dtype=compute_dtype,
+            attention_impl=attention_impl, mesh=mesh, rules=rules,
+        )  # fmt: skip
+        return _restack(per_block, as_dtype(dtype), mesh, rules)
     param_dtype = as_dtype(dtype)
     graphdef, state = nnx.split(
         abstract_model(cfg, param_dtype, dtype=compute_dtype, attention_impl=attention_impl)
@@ -217,6 +250,36 @@ def _load_prx_jax(
     restored = ckpt.restore(params_dir, target)
     nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state)
+
+
+def _restack(model: PRXTransformer, param_dtype, mesh: Mesh | None, rules) -> PRXTransformer:
+    """The scan_blocks model with ``model``'s (per-block) weights."""
+    graphdef, state = nnx.split(
+        abstract_model(
+            model.config, param_dtype, dtype=model.dtype,
+            attention_impl=model.attention_impl, scan_blocks=True,
+        )
+    )  # fmt: skip
+    params = nnx.state(model, nnx.Param).to_pure_dict()
+    blocks = params.pop("blocks")
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(blocks[i] for i in sorted(blocks)))
+    flat = dict(nnx.to_flat_state(state))
+    for path, var in flat.items():
+        tree = stacked if path[0] == "blocks" else params
+        for p in path[1:] if path[0] == "blocks" else path:
+            tree = tree[p]
+        var.set_value(jax.device_put(tree, _sharding(var, mesh, rules)))
+    return nnx.merge(graphdef, state)
+
+
+def _per_block_params(model: PRXTransformer) -> dict:
+    """The parameter tree in the per-block layout (``blocks.<i>...``), whatever the model's."""
+    params = nnx.state(model, nnx.Param).to_pure_dict()
+    if getattr(model, "scan_blocks", False):
+        stacked = params.pop("blocks")
+        depth = model.config.depth
+        params["blocks"] = {i: jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(depth)}
+    return params
 
 
 def _diffusers_version() -> str:
@@ -255,7 +318,7 @@ def save_transformer(
         import orbax.checkpoint as ocp
 
         target = None if dtype is None else as_dtype(dtype)
-        params = nnx.state(model, nnx.Param)
+        params = _per_block_params(model)
         if target is not None:
             params = jax.tree.map(lambda a: a.astype(target), params)
         # Bounded staging and writes: at 1.17B this peaks at 1.25x the model instead of 1.6x
@@ -264,7 +327,7 @@ def save_transformer(
             save_concurrent_gb=1, save_device_host_concurrent_gb=1
         )
         with ocp.Checkpointer(handler) as ckpt:
-            ckpt.save((out / "params").absolute(), args=ocp.args.PyTreeSave(params.to_pure_dict()))
+            ckpt.save((out / "params").absolute(), args=ocp.args.PyTreeSave(params))
         pdtype = str(target or flat[0][1].get_value().dtype) if flat else "float32"
         (out / PRX_JAX_MARKER).write_text(
             json.dumps({"format": "prx_jax.transformer", "version": 1, "param_dtype": pdtype})
@@ -274,15 +337,19 @@ def save_transformer(
 
     planned = []
     for path, var in flat:
-        key, transpose = diffusers_key(path)
-        shape = tuple(var.shape)[::-1] if transpose else tuple(var.shape)
-        tdtype = np.dtype(var.get_value().dtype) if dtype is None else as_dtype(dtype)
+        stacked = is_stacked(path)
+        for i, sub in enumerate(layer_paths(path, var.shape[0] if stacked else 1)):
+            key, transpose = diffusers_key(sub)
+            shape = tuple(var.shape)[1:] if stacked else tuple(var.shape)
+            shape = shape[::-1] if transpose else shape
+            tdtype = np.dtype(var.get_value().dtype) if dtype is None else as_dtype(dtype)
 
-        def produce(var=var, transpose=transpose, tdtype=tdtype):
-            arr = np.asarray(jax.device_get(var.get_value()))
-            return (arr.T if transpose else arr).astype(tdtype)
+            def produce(var=var, transpose=transpose, tdtype=tdtype, i=i if stacked else None):
+                value = var.get_value() if i is None else var.get_value()[i]
+                arr = np.asarray(jax.device_get(value))
+                return (arr.T if transpose else arr).astype(tdtype)
 
-        planned.append(PlannedTensor(key, shape, tdtype, produce))
+            planned.append(PlannedTensor(key, shape, tdtype, produce))
     planned.sort(key=lambda t: t.name)
     write_sharded(out, DIFFUSERS_WEIGHTS, planned, max_shard_size=max_shard_size)
     write_config(model.config, out)

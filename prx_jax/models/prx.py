@@ -118,11 +118,32 @@ class ResolutionEmbedder(nnx.Module):
         return self.mlp(jnp.concatenate([e_h, e_w], axis=-1).astype(dtype))
 
 
+# Rematerialisation policies: what a block keeps from its forward pass for the backward pass.
+REMAT_POLICIES = {
+    "full": None,  # keep nothing: recompute the whole block (least memory)
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs
+    "dots_with_no_batch_dims_saveable": (
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable  # weight matmuls, not attention
+    ),
+}
+
+
 def _block_forward(graphdef, state, impl, *args):
     return nnx.merge(graphdef, state)(*args, impl)
 
 
-_block_forward_remat = jax.checkpoint(_block_forward, static_argnums=(0, 2))
+def _stack_blocks(blocks: list[PRXBlock]) -> PRXBlock:
+    """One PRXBlock whose every parameter is the blocks' parameters stacked on a "layers" axis."""
+    graphdef, first = nnx.split(blocks[0])
+    states = [first, *(nnx.state(b) for b in blocks[1:])]
+
+    def stack(*vs):
+        value = jnp.stack([v.get_value() for v in vs])
+        axes = vs[0].get_metadata().get("logical_axes") or (None,) * (value.ndim - 1)
+        return vs[0].replace(value, logical_axes=("layers", *axes))
+
+    is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+    return nnx.merge(graphdef, jax.tree.map(stack, *states, is_leaf=is_var))
 
 
 def patchify(x_BxCxHxW: jax.Array, p: int) -> jax.Array:
@@ -155,9 +176,18 @@ class PRXTransformer(nnx.Module):
         dtype=None,
         attention_impl: str = "xla",
         remat: bool = False,
+        remat_policy: str = "full",
+        scan_blocks: bool = False,
     ):
         cfg = self.config = config
+        if remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy {remat_policy!r} not in {sorted(REMAT_POLICIES)}")
         self.remat = remat  # recompute each block's activations in the backward pass
+        self.remat_policy = remat_policy
+        # Blocks stacked on a leading "layers" axis and run by one lax.scan: the step compiles
+        # one block instead of `depth` copies. Parameter paths lose the block index
+        # (blocks.attention... with shape [depth, ...]); the converters map them to blocks.{i}.
+        self.scan_blocks = scan_blocks and cfg.depth > 0
         kw = {"param_dtype": param_dtype, "dtype": dtype}
         D = cfg.hidden_size
         self.dtype = dtype
@@ -177,7 +207,9 @@ class PRXTransformer(nnx.Module):
         self.resolution_embedder = (
             ResolutionEmbedder(cfg, rngs=rngs, **kw) if cfg.resolution_embeds else None
         )
-        self.blocks = nnx.List([PRXBlock(cfg, rngs=rngs, **kw) for _ in range(cfg.depth)])
+        # The same random draws in both layouts: a seed gives the same model either way.
+        blocks = [PRXBlock(cfg, rngs=rngs, **kw) for _ in range(cfg.depth)]
+        self.blocks = _stack_blocks(blocks) if self.scan_blocks else nnx.List(blocks)
         self.final_layer = FinalLayer(cfg, rngs=rngs, **kw)
 
     def embed_image(self, tokens_BxLxF):
@@ -185,11 +217,31 @@ class PRXTransformer(nnx.Module):
             return self.img_in(tokens_BxLxF)
         return self.img_in[1](self.img_in[0](tokens_BxLxF))
 
-    def _call_block(self, block, img, txt, vec, rope, mask):
+    def _block_fn(self):
+        """``f(graphdef, state, impl, img, txt, vec, rope, mask) -> img``, rematerialised or not."""
         if not self.remat:
-            return block(img, txt, vec, rope, mask, self.attention_impl)
-        graphdef, state = nnx.split(block)
-        return _block_forward_remat(graphdef, state, self.attention_impl, img, txt, vec, rope, mask)
+            return _block_forward
+        policy = REMAT_POLICIES[self.remat_policy]
+        return jax.checkpoint(_block_forward, static_argnums=(0, 2), policy=policy)
+
+    def _run_blocks(self, img_BxLxD, txt_BxTxD, vec_BxD, rope, mask_BxT):
+        f = self._block_fn()
+        args = (txt_BxTxD, vec_BxD, rope, mask_BxT)
+        if not self.scan_blocks:
+            for block in self.blocks:
+                if self.remat:
+                    graphdef, state = nnx.split(block)
+                    img_BxLxD = f(graphdef, state, self.attention_impl, img_BxLxD, *args)
+                else:
+                    img_BxLxD = block(img_BxLxD, *args, self.attention_impl)
+            return img_BxLxD
+        graphdef, stacked = nnx.split(self.blocks)
+
+        def body(img, layer_state):
+            return f(graphdef, layer_state, self.attention_impl, img, *args), None
+
+        img_BxLxD, _ = jax.lax.scan(body, img_BxLxD, stacked)
+        return img_BxLxD
 
     def __call__(self, hidden_states, timestep, encoder_hidden_states, attention_mask=None):
         cfg = self.config
@@ -211,8 +263,7 @@ class PRXTransformer(nnx.Module):
             h_B, w_B = jnp.full((B,), H, jnp.float32), jnp.full((B,), W, jnp.float32)
             vec_BxD = vec_BxD + self.resolution_embedder(h_B, w_B, vec_BxD.dtype)
         mask_BxT = None if attention_mask is None else attention_mask.astype(bool)
-        for block in self.blocks:
-            img_BxLxD = self._call_block(block, img_BxLxD, txt_BxTxD, vec_BxD, (cos, sin), mask_BxT)
+        img_BxLxD = self._run_blocks(img_BxLxD, txt_BxTxD, vec_BxD, (cos, sin), mask_BxT)
         out = self.final_layer(img_BxLxD, vec_BxD)
         return unpatchify(out, p, H, W)
 

@@ -35,6 +35,7 @@ DEFAULT_RULES: Mapping[str, str | tuple[str, ...] | None] = {
     "conv_in": None,  # VAE convolution channels: small enough to replicate
     "conv_out": None,
     "conv_k": None,
+    "layers": None,  # the leading axis of stacked (scanned) blocks: never sharded
 }
 
 

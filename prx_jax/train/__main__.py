@@ -17,6 +17,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m prx_jax.train", description=__doc__.split("\n")[0])
     p.add_argument("--config", type=Path, default=None, help="YAML preset (default: demo)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="compile the train step on fake CPU devices and print per-device memory and FLOPs",
+    )
+    p.add_argument("--devices", type=int, default=8, help="--dry-run: fake devices (default 8)")
+    p.add_argument(
+        "--device-memory-gb", type=float, default=80.0, help="--dry-run: memory per device"
+    )
     args = p.parse_args(argv)
     from prx_jax.config import ConfigError, load_config
 
@@ -26,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        from prx_jax.train import aot
+
+        aot.use_fake_cpu_devices(args.devices)
+        print(aot.format_report(aot.dry_run(cfg, device_memory_gb=args.device_memory_gb)))
+        return 0
     from prx_jax.train.loop import train
 
     train(cfg)

@@ -8,26 +8,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from prx_jax.config import Config, save_config
 from prx_jax.models.presets import get_preset
 from prx_jax.models.prx_config import PRXConfig
+from prx_jax.parallel.distributed import maybe_initialize
 from prx_jax.parallel.rules import make_mesh
 from prx_jax.train import metrics as metrics_lib
-from prx_jax.train.checkpoint import Checkpointer, abstract_like
+from prx_jax.train.checkpoint import Checkpointer, CheckpointError, abstract_like, check_writable
 from prx_jax.train.optim import lr_schedule, make_optimizer
+from prx_jax.train.preemption import StopSignal
+from prx_jax.train.prefetch import Prefetcher
 from prx_jax.train.state import TrainState, init_train_state, make_model
-from prx_jax.train.step import StepStatics, eval_loss, train_step
+from prx_jax.train.step import StepStatics, train_step
 from prx_jax.train.towers import Towers, build_towers
-from prx_jax.train.validate import ValidationSpec, default_prompts, make_sampler, run_validation
+from prx_jax.train.validate import make_validation, run_validation_step
 
 
 def resolve_prx_config(cfg: Config, towers: Towers) -> PRXConfig:
@@ -59,7 +60,9 @@ def _initial_params(cfg: Config, prx: PRXConfig, mesh):
         return None
     from prx_jax.convert.transformer import load_transformer
 
-    model = load_transformer(cfg.init_from, dtype=cfg.model.param_dtype, mesh=mesh)
+    model = load_transformer(
+        cfg.init_from, dtype=cfg.model.param_dtype, mesh=mesh, scan_blocks=cfg.model.scan_blocks
+    )
     if model.config != prx:
         diff = {
             f.name: (getattr(model.config, f.name), getattr(prx, f.name))
@@ -85,6 +88,7 @@ def _statics(cfg: Config, graphdef, tx, towers: Towers) -> StepStatics:
         x_clamp_min=o.x_clamp_min,
         loss_bins=tuple(o.loss_bins),
         grad_accum=cfg.train.grad_accum,
+        skip_nonfinite=cfg.train.on_nonfinite == "skip",
         ema_decay=cfg.ema.decay,
         ema_every=cfg.ema.every,
         text_graphdef=towers.text_graphdef,
@@ -96,14 +100,6 @@ def _device_batch(batch: dict, towers: Towers, sharding) -> dict:
     ids, mask = towers.tokenizer.tokenize([str(c) for c in batch["caption"]])
     put = functools.partial(jax.make_array_from_process_local_data, sharding)
     return {"image": batch["image"], "text_ids": put(ids), "text_mask": put(mask)}
-
-
-def _bin_metrics(prefix: str, edges, sums, counts) -> dict:
-    out = {}
-    for a, b, s, n in zip(edges[:-1], edges[1:], sums, counts, strict=True):
-        if n:
-            out[f"{prefix}/{a:g}-{b:g}"] = float(s) / float(n)
-    return out
 
 
 @dataclasses.dataclass
@@ -157,146 +153,82 @@ def setup(cfg: Config) -> Run:
 
 
 def train(cfg: Config) -> dict:
-    """Runs (or resumes) the training described by ``cfg``; returns the last logged metrics."""
+    """Runs (or resumes) the training described by ``cfg``; returns the last logged metrics.
+
+    Stops cleanly on SIGTERM/SIGINT (saves, waits for the save, returns); a non-finite loss stops
+    the run naming the step (``train.on_nonfinite=skip`` skips such steps instead), and no
+    checkpoint is ever written from a state that saw one."""
     from prx_jax.data import make_pipeline
 
+    maybe_initialize()
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir)
+    ckpt = Checkpointer(
+        run_dir, keep=cfg.checkpoint.keep, keep_period=cfg.checkpoint.keep_period
+    )  # fails early when the folder is not writable
     if jax.process_index() == 0:
         save_config(cfg, run_dir / "config.yaml")
     run = setup(cfg)
-    prx, towers, state, state_sh = run.prx, run.towers, run.state, run.state_shardings
-    batch_sh, statics, frozen, step_fn, graphdef = (
-        run.batch_sharding, run.statics, run.frozen, run.step_fn, run.graphdef
-    )  # fmt: skip
-    data_iter = make_pipeline(cfg.data, batch_sharding=batch_sh)
-    ckpt = Checkpointer(run_dir, keep=cfg.checkpoint.keep)
-    start = ckpt.latest_step()
-    if start is not None:
-        state = ckpt.restore(start, abstract_like(state, state_sh), data_iter)
-        print(f"resumed from {ckpt.directory / str(start)} (step {int(state.step)})")
+    state = run.state
+    data_iter = make_pipeline(cfg.data, batch_sharding=run.batch_sharding)
+    state = _resume(cfg, ckpt, state, run.state_shardings, data_iter)
+    batches = Prefetcher(data_iter, put=run.device_batch, size=2)  # H2D overlaps the step
     writer = metrics_lib.MetricsWriter(
         run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
         config=cfg,
     )  # fmt: skip
-    val = _validation(cfg, prx, graphdef, towers)
+    val = make_validation(cfg, run.prx, run.graphdef, run.towers)
     first, steps = int(state.step), cfg.train.steps
-    tokens = None
+    logger = metrics_lib.StepLogger(cfg, writer, run.prx, run.towers, first, steps)
+    stop = StopSignal()
     last: dict = {}
-    pending = None
-    bar = _progress(cfg, first, steps)
-    t_last, n_since = time.perf_counter(), 0
-    for step in range(first, steps):
-        batch = next(data_iter)
-        if tokens is None:
-            H, W = batch["image"].shape[-2:]
-            p = prx.patch_size * towers.spatial_factor
-            tokens = (H // p) * (W // p)
-            flops = metrics_lib.train_flops_per_image(
-                prx, tokens, towers.tokenizer.max_length, cfg.model.remat
-            )
-        state, m = step_fn(state, _device_batch(batch, towers, batch_sh), frozen)
-        n_since += 1
-        if pending is not None:
-            last = _log(pending, cfg, writer, bar, flops, t_last, n_since - 1)
-            if last:
-                t_last, n_since = time.perf_counter(), 1
-        pending = (step + 1, m) if (step + 1) % cfg.train.log_every == 0 else None
-        if pending is None:
-            jax.block_until_ready(m["loss"])  # bounded dispatch queue (CPU collectives trap)
-        if bar is not None:
-            bar.update(1)
-        done = step + 1 == steps
-        if val is not None and ((step + 1) % cfg.validation.every == 0 or done):
-            last.update(_validate(val, state, towers, frozen, cfg, statics, writer, step + 1))
-        if (step + 1) % cfg.checkpoint.every == 0 or done:
-            ckpt.save(step + 1, state, data_iter)
-    if pending is not None:
-        last = _log(pending, cfg, writer, bar, flops, t_last, n_since)
-    ckpt.close()
-    writer.close()
-    if bar is not None:
-        bar.close()
+    try:
+        for step in range(first, steps):
+            batch = next(batches)
+            state, m = run.step_fn(state, batch, run.frozen)
+            last = logger.after_step(step + 1, m, batch) or last
+            done = step + 1 == steps
+            preempted = stop.should_stop(step + 1)
+            if val is not None and ((step + 1) % cfg.validation.every == 0 or done):
+                last.update(run_validation_step(val, state, run, writer, step + 1))
+            if (step + 1) % cfg.checkpoint.every == 0 or done or preempted:
+                logger.check_finite(step + 1, m)  # never save a state that saw a NaN
+                ckpt.save(step + 1, state, batches)
+            if preempted:
+                ckpt.wait()
+                print(
+                    f"{stop.requested}: saved step {step + 1} to {ckpt.directory}; exiting. "
+                    "Rerun the same command to resume."
+                )
+                break
+        last = logger.flush() or last
+    finally:
+        stop.close()
+        logger.close()
+        writer.close()
+        ckpt.close()
     return last
 
 
-def _progress(cfg: Config, first: int, steps: int):
-    if not cfg.logging.progress or jax.process_index() != 0:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=steps, initial=first, desc="train", unit="step", dynamic_ncols=True)
-
-
-def _log(pending, cfg, writer, bar, flops, t_last, n_steps) -> dict:
-    step, m = pending
-    m = jax.device_get(m)
-    dt = max(time.perf_counter() - t_last, 1e-9)
-    img_per_s = n_steps * cfg.data.global_batch_size / dt
-    tflops = flops * img_per_s / jax.device_count() / 1e12
-    row = {
-        "loss": float(m["loss"]),
-        "lr": float(m["lr"]),
-        "grad_norm": float(m["grad_norm"]),
-        "img_per_s": img_per_s,
-        "tflops_per_device": tflops,
-    }
-    peak = metrics_lib.device_peak_tflops(jax.devices()[0])
-    if peak:
-        row["mfu"] = tflops / peak
-    row.update(_bin_metrics("loss_bin", cfg.objective.loss_bins, m["bin_loss_sum"], m["bin_count"]))
-    if not np.isfinite(row["loss"]):
-        raise FloatingPointError(f"non-finite loss {row['loss']} at step {step}")
-    writer.write(step, row)
-    if bar is not None:
-        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{img_per_s:.1f}", tflops=f"{tflops:.3f}")
-    return row
-
-
-def _validation(cfg: Config, prx: PRXConfig, graphdef, towers: Towers):
-    v = cfg.validation
-    if v.every == 0:
-        return None
-    H, W = v.height or cfg.data.resolution, v.width or cfg.data.resolution
-    f = towers.spatial_factor
-    spec = ValidationSpec(
-        prompts=tuple(v.prompts) or default_prompts(),
-        height=H,
-        width=W,
-        num_steps=v.num_steps,
-        guidance_scale=v.guidance_scale,
-        shift=v.sample_shift,
-        seed=v.seed,
-        prediction=cfg.objective.prediction,
-        noise_scale=cfg.objective.noise_scale,
-        is_demo=cfg.data.source == "demo",
-    )
-    sampler = make_sampler(graphdef, spec, (prx.in_channels, H // f, W // f))
-    return spec, sampler
-
-
-def _validate(val, state, towers, frozen, cfg, statics, writer, step) -> dict:
-    from prx_jax.data import make_pipeline
-
-    spec, sampler = val
-    out = Path(cfg.run_dir) / "samples" / f"step_{step:07d}.png"
-    row, g = run_validation(sampler, state.ema, towers, frozen, spec, out)
-    held_out = dataclasses.replace(cfg.data, seed=cfg.data.seed + 1_000_003, worker_count=0)
-    it = make_pipeline(held_out)
-    sums = counts = 0
-    ev = jax.jit(functools.partial(eval_loss, statics=statics))
-    for i in range(cfg.validation.loss_batches):
-        b = next(it)
-        ids, mask = towers.tokenizer.tokenize([str(c) for c in b["caption"]])
-        batch = {"image": np.asarray(b["image"]), "text_ids": ids, "text_mask": mask}
-        s, n = jax.device_get(ev(state.ema, batch, frozen, jax.random.key(10_000 + i)))
-        sums, counts = sums + s, counts + n
-    row.update(
-        _bin_metrics(
-            "val_loss", cfg.objective.loss_bins, np.atleast_1d(sums), np.atleast_1d(counts)
-        )
-    )
-    writer.write(step, row)
-    writer.image(step, "samples", g)
-    print(f"step {step}: validation {row} -> {out}")
-    return row
+def _resume(cfg: Config, ckpt: Checkpointer, state, shardings, data_iter):
+    abstract = abstract_like(state, shardings)
+    if cfg.resume == "never":
+        if ckpt.steps():
+            raise CheckpointError(
+                f"resume=never but {ckpt.directory} holds checkpoints {ckpt.steps()}; choose "
+                "another run_dir or resume=auto"
+            )
+        return state
+    if cfg.resume != "auto":
+        src = Checkpointer(Path(cfg.resume), keep=1_000_000) if Path(cfg.resume).is_dir() else None
+        step = src.steps()[-1] if src and src.steps() else None
+        if step is None:
+            raise CheckpointError(f"resume={cfg.resume}: no checkpoint found there")
+        restored = src.restore(step, abstract, data_iter)
+        print(f"resumed from {src.directory / str(step)}")
+        return restored
+    restored, step = ckpt.restore_latest(abstract, data_iter)
+    if restored is None:
+        return state
+    print(f"resumed from {ckpt.directory / str(step)} (step {int(restored.step)})")
+    return restored

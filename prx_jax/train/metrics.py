@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -125,3 +126,99 @@ def _plain(v):
     if isinstance(v, float):
         return round(v, 6) if np.isfinite(v) else str(v)
     return v
+
+
+def bin_metrics(prefix: str, edges, sums, counts) -> dict:
+    """``{prefix/a-b: mean}`` for every non-empty timestep bin."""
+    out = {}
+    for a, b, s, n in zip(edges[:-1], edges[1:], sums, counts, strict=True):
+        if n:
+            out[f"{prefix}/{a:g}-{b:g}"] = float(s) / float(n)
+    return out
+
+
+class StepLogger:
+    """Per-step bookkeeping of the loop: the previous step's loss is fetched one step late (a
+    non-finite loss is caught naming its step, at most one step in flight), full metrics every
+    ``train.log_every`` steps, img/s, TFLOP/s per device, MFU, the progress bar."""
+
+    def __init__(self, cfg, writer: MetricsWriter, prx_cfg, towers, first: int, steps: int):
+        self.cfg, self.writer, self.prx, self.towers = cfg, writer, prx_cfg, towers
+        self.flops: float | None = None
+        self.prev: tuple[int, Any] | None = None
+        self.t_last, self.n_since, self.skipped = time.perf_counter(), 0, 0
+        self.bar = None
+        if cfg.logging.progress and jax.process_index() == 0:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=steps, initial=first, desc="train", unit="step", dynamic_ncols=True
+            )
+
+    def _flops(self, batch) -> float:
+        H, W = batch["image"].shape[-2:]
+        p = self.prx.patch_size * self.towers.spatial_factor
+        tokens = (H // p) * (W // p)
+        remat = self.cfg.model.remat
+        return train_flops_per_image(self.prx, tokens, self.towers.tokenizer.max_length, remat)
+
+    def after_step(self, step: int, m: dict, batch) -> dict | None:
+        if self.flops is None:
+            self.flops = self._flops(batch)
+        self.n_since += 1
+        row = self.flush()  # the previous step's metrics: it has finished by now
+        self.prev = (step, m)
+        if self.bar is not None:
+            self.bar.update(1)
+        return row
+
+    def check_finite(self, step: int, m: dict) -> None:
+        finite = bool(jax.device_get(m["finite"]))
+        if not finite:
+            if self.cfg.train.on_nonfinite == "skip":
+                return
+            loss = float(jax.device_get(m["loss"]))
+            raise FloatingPointError(
+                f"non-finite loss ({loss}) at step {step}; the last checkpoint is untouched. "
+                "Lower optim.lr, check the data, or set train.on_nonfinite=skip."
+            )
+
+    def flush(self) -> dict | None:
+        if self.prev is None:
+            return None
+        step, m = self.prev
+        self.prev = None
+        self.check_finite(step, m)
+        if not bool(jax.device_get(m["finite"])):
+            self.skipped += 1
+        if step % self.cfg.train.log_every:
+            return None
+        m = jax.device_get(m)
+        dt = max(time.perf_counter() - self.t_last, 1e-9)
+        n = max(self.n_since - 1, 1)  # steps finished since the last log (one is in flight)
+        img_per_s = n * self.cfg.data.global_batch_size / dt
+        tflops = (self.flops or 0.0) * img_per_s / jax.device_count() / 1e12
+        row = {
+            "loss": float(m["loss"]),
+            "lr": float(m["lr"]),
+            "grad_norm": float(m["grad_norm"]),
+            "img_per_s": img_per_s,
+            "tflops_per_device": tflops,
+            "skipped_steps": self.skipped,
+        }
+        peak = device_peak_tflops(jax.devices()[0])
+        if peak:
+            row["mfu"] = tflops / peak
+        edges = self.cfg.objective.loss_bins
+        row.update(bin_metrics("loss_bin", edges, m["bin_loss_sum"], m["bin_count"]))
+        self.writer.write(step, row)
+        self.t_last, self.n_since = time.perf_counter(), 1
+        if self.bar is not None:
+            self.bar.set_postfix(
+                loss=f"{row['loss']:.4f}", img_s=f"{img_per_s:.1f}", tflops=f"{tflops:.3f}"
+            )
+        return row
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

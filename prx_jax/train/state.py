@@ -55,12 +55,14 @@ def state_shardings(
     tx: optax.GradientTransformation, abstract: TrainState, param_sh: dict, mesh: Mesh
 ) -> TrainState:
     replicated = NamedSharding(mesh, PartitionSpec())
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731 (Muon/Adam partitions)
     opt_sh = optax.tree_map_params(
         tx,
-        lambda _, s: s,
+        lambda p, s: p if masked(p) else s,
         abstract.opt_state,
         param_sh,
         transform_non_params=lambda _: replicated,
+        is_leaf=masked,
     )
     return TrainState(step=replicated, params=param_sh, opt_state=opt_sh, ema=param_sh)
 
@@ -73,6 +75,8 @@ def make_model(model_cfg, prx_cfg, rngs: nnx.Rngs) -> PRXTransformer:
         dtype=jnp.dtype(model_cfg.compute_dtype),
         attention_impl=model_cfg.attention_impl,
         remat=model_cfg.remat,
+        remat_policy=model_cfg.remat_policy,
+        scan_blocks=model_cfg.scan_blocks,
     )
 
 

@@ -12,6 +12,7 @@ Batch: ``image`` [B,3,H,W] in [-1, 1], and either ``text_ids`` [B,T] int32 + ``t
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -41,6 +42,7 @@ class StepStatics:
     x_clamp_min: float
     loss_bins: tuple[float, ...]
     grad_accum: int
+    skip_nonfinite: bool  # a NaN/Inf loss or gradient leaves the state as it was
     ema_decay: float
     ema_every: int
     text_graphdef: nnx.GraphDef | None = None  # the frozen text encoder (None: precomputed)
@@ -118,10 +120,17 @@ def train_step(state: TrainState, batch: dict, frozen: dict, *, statics: StepSta
     ema = ema_update(
         state.ema, params, state.step, decay=statics.ema_decay, every=statics.ema_every
     )
+    loss, grad_norm = loss_B.mean(), optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if statics.skip_nonfinite:
+        keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        ema = keep(ema, state.ema)
     bin_sum, bin_count = bin_stats(loss_B, t_B, statics.loss_bins)
     metrics = {
-        "loss": loss_B.mean(),
-        "grad_norm": optax.global_norm(grads),
+        "loss": loss,
+        "finite": finite,
+        "grad_norm": grad_norm,
         "lr": jnp.asarray(statics.lr_schedule(state.step), jnp.float32),
         "bin_loss_sum": bin_sum,
         "bin_count": bin_count,

@@ -4,6 +4,7 @@ scorer's caption accuracy, and the held-out loss per timestep bin."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import jax
@@ -14,6 +15,8 @@ from PIL import Image
 
 from prx_jax.diffusion.sampler import euler_sample
 from prx_jax.diffusion.schedules import flow_match_sigmas
+from prx_jax.train.metrics import bin_metrics
+from prx_jax.train.step import eval_loss
 from prx_jax.train.towers import Towers, decode
 
 DEMO_VALIDATION_SEED = 987_654  # held-out demo scenes: not the training stream's seed
@@ -85,8 +88,9 @@ def run_validation(sampler, params, towers: Towers, frozen: dict, spec: Validati
     )
     images = to_uint8(decode(towers, latents))
     g = grid(images)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(g).save(out)
+    if jax.process_index() == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(g).save(out)
     metrics = {}
     if spec.is_demo:
         from prx_jax.data.scorer import score
@@ -95,3 +99,63 @@ def run_validation(sampler, params, towers: Towers, frozen: dict, spec: Validati
             np.mean([score(im, p).accuracy for im, p in zip(images, spec.prompts, strict=True)])
         )
     return metrics, g
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    """A global array on the host of every process (gathered across hosts when needed)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def make_validation(cfg, prx, graphdef, towers: Towers):
+    """``(spec, jitted sampler)`` for the run, or None when ``validation.every`` is 0."""
+    v = cfg.validation
+    if v.every == 0:
+        return None
+    H, W = v.height or cfg.data.resolution, v.width or cfg.data.resolution
+    f = towers.spatial_factor
+    spec = ValidationSpec(
+        prompts=tuple(v.prompts) or default_prompts(),
+        height=H,
+        width=W,
+        num_steps=v.num_steps,
+        guidance_scale=v.guidance_scale,
+        shift=v.sample_shift,
+        seed=v.seed,
+        prediction=cfg.objective.prediction,
+        noise_scale=cfg.objective.noise_scale,
+        is_demo=cfg.data.source == "demo",
+    )
+    return spec, make_sampler(graphdef, spec, (prx.in_channels, H // f, W // f))
+
+
+def run_validation_step(val, state, run, writer, step: int) -> dict:
+    """EMA samples + scorer, and the held-out loss per timestep bin; logged and returned."""
+    from prx_jax.data import make_pipeline
+
+    cfg = run.cfg
+    spec, sampler = val
+    out = Path(cfg.run_dir) / "samples" / f"step_{step:07d}.png"
+    row, g = run_validation(sampler, state.ema, run.towers, run.frozen, spec, out)
+    # Held-out batches: the demo draws other scenes; prepared data is reshuffled with another seed
+    # (no separate split), so there it measures fit, not generalisation.
+    held_out = dataclasses.replace(cfg.data, seed=cfg.data.seed + 1_000_003, worker_count=0)
+    it = make_pipeline(held_out, batch_sharding=run.batch_sharding)
+    if getattr(run, "eval_fn", None) is None:
+        run.eval_fn = jax.jit(functools.partial(eval_loss, statics=run.statics))
+    ev = run.eval_fn
+    sums = counts = 0
+    for i in range(cfg.validation.loss_batches):
+        batch = run.device_batch(next(it))
+        s, n = jax.device_get(ev(state.ema, batch, run.frozen, jax.random.key(10_000 + i)))
+        sums, counts = sums + s, counts + n
+    edges = cfg.objective.loss_bins
+    row.update(bin_metrics("val_loss", edges, np.atleast_1d(sums), np.atleast_1d(counts)))
+    writer.write(step, row)
+    writer.image(step, "samples", g)
+    if jax.process_index() == 0:
+        print(f"step {step}: validation {row} -> {out}")
+    return row

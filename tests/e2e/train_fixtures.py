@@ -1,6 +1,14 @@
-"""A tiny trainer config shared by the trainer tests (odd dims, 32 px demo, 16 tokens)."""
+"""A tiny trainer config shared by the trainer tests (odd dims, 32 px demo, 16 tokens).
+
+It starts from configs/demo.yaml, as ``python -m prx_jax.train`` does with no --config, so that
+in-process and subprocess runs build the same model.
+"""
+
+from pathlib import Path
 
 from prx_jax.config import load_config
+
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 TINY = [
     "model.preset=tiny",
@@ -15,6 +23,7 @@ TINY = [
     "data.resolution=32",
     "data.patch_size=32",
     "data.global_batch_size=8",
+    "optim.name=adamw",
     "optim.lr=1e-3",
     "optim.warmup_steps=5",
     "ema.every=1",
@@ -27,4 +36,4 @@ TINY = [
 
 
 def tiny_config(run_dir, *overrides):
-    return load_config(None, [*TINY, f"run_dir={run_dir}", *overrides])
+    return load_config(DEMO, [*TINY, f"run_dir={run_dir}", *overrides])
