@@ -69,13 +69,7 @@ class Checkpointer:
     def check_compatible(self, step: int, abstract_state) -> None:
         """Refuses a checkpoint whose parameter shapes differ from the run's, naming the keys."""
         meta = self.manager.item_metadata(step)["state"]
-        have = _shapes(getattr(meta, "params", None) or meta["params"])
-        want = _shapes(abstract_state.params)
-        diff = sorted(
-            f"{k}: checkpoint {have.get(k)}, config {want.get(k)}"
-            for k in have.keys() | want.keys()
-            if have.get(k) != want.get(k)
-        )
+        diff = shape_diff(getattr(meta, "params", None) or meta["params"], abstract_state.params)
         if diff:
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} does not fit this config; differing "
@@ -118,6 +112,16 @@ class Checkpointer:
     def close(self) -> None:
         self.wait()
         self.manager.close()
+
+
+def shape_diff(checkpoint_tree, config_tree) -> list[str]:
+    """``key: checkpoint (shape), config (shape)`` for each leaf whose shape or presence differs."""
+    have, want = _shapes(checkpoint_tree), _shapes(config_tree)
+    return sorted(
+        f"{k}: checkpoint {have.get(k)}, config {want.get(k)}"
+        for k in have.keys() | want.keys()
+        if have.get(k) != want.get(k)
+    )
 
 
 def _shapes(tree) -> dict[str, tuple]:

@@ -22,6 +22,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 
 from prx_jax.config import Config, load_config
 from prx_jax.models.prx_config import PRXConfig
+from prx_jax.train.checkpoint import shape_diff
 
 WHICH = ("ema", "params")
 
@@ -94,13 +95,6 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
     return path, path / "checkpoints" / str(steps[-1])
 
 
-def _shapes(tree) -> dict[str, tuple]:
-    return {
-        ".".join(str(getattr(k, "key", k)) for k in p): tuple(v.shape)
-        for p, v in jax.tree_util.tree_leaves_with_path(tree)
-    }
-
-
 def load_run(
     path: str | Path, which: str = "ema", mesh: Mesh | None = None, compute_dtype=None
 ) -> RunWeights:
@@ -139,12 +133,7 @@ def load_run(
     meta = getattr(meta, "tree", meta)
     if which not in meta:
         raise KeyError(f"{state_dir}: no {which!r} in the train state (has {sorted(meta)})")
-    have, want = _shapes(meta[which]), _shapes(target)
-    diff = sorted(
-        f"{k}: checkpoint {have.get(k)}, config {want.get(k)}"
-        for k in have.keys() | want.keys()
-        if have.get(k) != want.get(k)
-    )
+    diff = shape_diff(meta[which], target)
     if diff:
         raise ValueError(
             f"{state_dir} does not fit {run_dir / 'config.yaml'}; differing parameters:\n  "
