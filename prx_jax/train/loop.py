@@ -117,6 +117,7 @@ class Run:
     batch_sharding: NamedSharding
     frozen: dict
     step_fn: Callable
+    eval_fn: Callable | None = None  # the jitted held-out loss, built at first validation
 
     def device_batch(self, batch: dict) -> dict:
         return _device_batch(batch, self.towers, self.batch_sharding)

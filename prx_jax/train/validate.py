@@ -144,7 +144,7 @@ def run_validation_step(val, state, run, writer, step: int) -> dict:
     # (no separate split), so there it measures fit, not generalisation.
     held_out = dataclasses.replace(cfg.data, seed=cfg.data.seed + 1_000_003, worker_count=0)
     it = make_pipeline(held_out, batch_sharding=run.batch_sharding)
-    if getattr(run, "eval_fn", None) is None:
+    if run.eval_fn is None:
         run.eval_fn = jax.jit(functools.partial(eval_loss, statics=run.statics))
     ev = run.eval_fn
     sums = counts = 0
