@@ -112,6 +112,8 @@ def main(argv=None) -> None:
         "global_batch": args.batch,
         "mesh": dict(mesh.shape),
         "compute_dtype": dtype,
+        "param_dtype": cfg.model.param_dtype,
+        "overrides": list(args.overrides),
         "remat": args.remat,
         "scan_blocks": args.scan,
         "attention": args.attention,

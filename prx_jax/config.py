@@ -160,7 +160,8 @@ class CheckpointConfig:
 @dataclasses.dataclass(frozen=True)
 class ValidationConfig:
     every: int = 500  # steps between validations (and one at the end); 0 disables
-    prompts: tuple[str, ...] = ()  # fixed prompts; empty: 16 demo captions (held-out seed)
+    prompts: tuple[str, ...] = ()  # fixed prompts; empty: demo captions (held-out seed)
+    demo_prompts: int = 16  # how many held-out demo captions when `prompts` is empty
     num_steps: int = 28  # Euler steps
     guidance_scale: float = 5.0  # classifier-free guidance (> 1 enables it)
     sample_shift: float = 3.0  # inference schedule shift
@@ -172,6 +173,9 @@ class ValidationConfig:
     def __post_init__(self):
         _check(self.every >= 0, f"validation.every must be >= 0, got {self.every}")
         _check(self.num_steps >= 1, f"validation.num_steps must be >= 1, got {self.num_steps}")
+        _check(
+            self.demo_prompts >= 1, f"validation.demo_prompts must be >= 1, got {self.demo_prompts}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from pathlib import Path
 
 import jax
@@ -87,7 +88,7 @@ def run_validation(sampler, params, towers: Towers, frozen: dict, spec: Validati
         params, txt.astype(jnp.float32), mask, frozen["null_txt"], frozen["null_mask"]
     )
     images = to_uint8(decode(towers, latents))
-    g = grid(images)
+    g = grid(images, cols=max(4, math.ceil(math.sqrt(len(images)))))
     if jax.process_index() == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(g).save(out)
@@ -118,7 +119,7 @@ def make_validation(cfg, prx, graphdef, towers: Towers):
     H, W = v.height or cfg.data.resolution, v.width or cfg.data.resolution
     f = towers.spatial_factor
     spec = ValidationSpec(
-        prompts=tuple(v.prompts) or default_prompts(),
+        prompts=tuple(v.prompts) or default_prompts(v.demo_prompts),
         height=H,
         width=W,
         num_steps=v.num_steps,

@@ -44,6 +44,7 @@ def test_overrides_are_typed():
         ("data.global_batch_size=0", "global_batch_size"),
         ("model.remat=maybe", "model.remat: expected true/false"),
         ("train.steps", "must look like key.sub=value"),
+        ("validation.demo_prompts=0", "validation.demo_prompts must be >= 1"),
     ],
 )
 def test_bad_overrides_name_the_key(override, match):
