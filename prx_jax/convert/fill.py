@@ -19,8 +19,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from prx_jax.convert.errors import ConversionError
-from prx_jax.convert.safetensors_io import FLOAT_NAMES, TensorInfo, read_tensor
+from prx_jax.convert.errors import TensorCheck
+from prx_jax.convert.safetensors_io import TensorInfo, read_tensor
 from prx_jax.parallel.rules import DEFAULT_RULES, spec_for
 
 # torch layout -> prx_jax layout, by kernel rank.
@@ -63,29 +63,13 @@ def plan_fill(
     state: nnx.State, tensors: Mapping[str, TensorInfo], source: str, key_fn: KeyFn = torch_key
 ) -> dict[tuple, tuple[TensorInfo, tuple[int, ...] | None]]:
     """Every target parameter to its source tensor; one error listing every problem."""
-    plan, expected = {}, set()
-    problems: dict[str, list[str]] = {
-        "missing": [],
-        "unexpected": [],
-        "mis-shaped": [],
-        "not floating": [],
-    }
+    plan, check = {}, TensorCheck(tensors)
     for path, var in nnx.to_flat_state(state):
         key, axes = key_fn(path, tuple(var.shape))
-        want = torch_shape(tuple(var.shape), axes)
-        expected.add(key)
-        info = tensors.get(key)
-        if info is None:
-            problems["missing"].append(f"{key} {want}")
-            continue
-        if info.shape != want:
-            problems["mis-shaped"].append(f"{key}: source {info.shape}, model needs {want}")
-        elif info.dtype not in FLOAT_NAMES:
-            problems["not floating"].append(f"{key}: {info.dtype}")
-        plan[path] = (info, axes)
-    problems["unexpected"] = sorted(k for k in tensors if k not in expected)
-    if any(problems.values()):
-        raise ConversionError.from_problems(source, problems)
+        info = check.take(key, torch_shape(tuple(var.shape), axes))
+        if info is not None:
+            plan[path] = (info, axes)
+    check.raise_if_any(source)
     return plan
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from prx_jax.convert.errors import ConversionError
+from prx_jax.convert.errors import ConversionError, TensorCheck
 from prx_jax.convert.prx_keys import (
     RESEARCH_PREFIX,
     diffusers_key,
@@ -30,7 +30,6 @@ from prx_jax.convert.prx_keys import (
     research_to_diffusers,
 )
 from prx_jax.convert.safetensors_io import (
-    FLOAT_NAMES,
     PlannedTensor,
     TensorInfo,
     read_index,
@@ -79,29 +78,18 @@ def match_tensors(
 ) -> dict[tuple, list[tuple[TensorInfo, bool]]]:
     """Every target parameter to its source tensor(s) (one per layer for stacked blocks); raises
     one error listing every problem."""
-    plan, problems = {}, {"missing": [], "unexpected": [], "mis-shaped": [], "not floating": []}
-    expected = set()
+    plan, check = {}, TensorCheck(tensors)
     for path, var in nnx.to_flat_state(state):
         stacked = is_stacked(path)
         shape = tuple(var.shape)[1:] if stacked else tuple(var.shape)
         entries = []
         for sub in layer_paths(path, var.shape[0] if stacked else 1):
             key, transpose = diffusers_key(sub)
-            expected.add(key)
-            want = shape[::-1] if transpose else shape
-            info = tensors.get(key)
-            if info is None:
-                problems["missing"].append(f"{key} {want}")
-                continue
-            if info.shape != want:
-                problems["mis-shaped"].append(f"{key}: source {info.shape}, model needs {want}")
-            elif info.dtype not in FLOAT_NAMES:
-                problems["not floating"].append(f"{key}: {info.dtype}")
-            entries.append((info, transpose))
+            info = check.take(key, shape[::-1] if transpose else shape)
+            if info is not None:
+                entries.append((info, transpose))
         plan[path] = entries
-    problems["unexpected"] = sorted(k for k in tensors if k not in expected)
-    if any(problems.values()):
-        raise ConversionError.from_problems(source, problems)
+    check.raise_if_any(source)
     return plan
 
 
