@@ -58,7 +58,10 @@ def attention(
         )
     if impl == "xla":
         return _xla_attention(q_BxTxNxK, k_BxSxNxK, v_BxSxNxK, mask_BxS)
-    mask = None if mask_BxS is None else mask_BxS[:, None, None, :]
+    mask = None
+    if mask_BxS is not None:  # cuDNN wants the mask (as a bias) at full [B, 1, T, S]
+        B, T, S = q_BxTxNxK.shape[0], q_BxTxNxK.shape[1], mask_BxS.shape[1]
+        mask = jnp.broadcast_to(mask_BxS[:, None, None, :], (B, 1, T, S))
     return jax.nn.dot_product_attention(
         q_BxTxNxK, k_BxSxNxK, v_BxSxNxK, mask=mask, implementation=impl
     )

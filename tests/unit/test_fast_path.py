@@ -223,3 +223,29 @@ def test_aot_dry_run_on_8_fake_devices():
     assert g["temporaries"] > 0 and r["flops_per_device_compiled"] > 0
     assert r["fits"] is (g["peak_estimate"] <= 0.001)
     assert "per device (GB)" in aot.format_report(r)
+
+
+def test_cudnn_gets_a_full_length_mask(monkeypatch):
+    """cuDNN's layout check rejects a [B, 1, 1, S] mask ("Bias must have same seq length as QKV",
+    seen on an H100): the cuDNN path hands jax.nn.dot_product_attention a [B, 1, T, S] mask. The
+    call is captured (no cuDNN here) and replayed on XLA against our own XLA path."""
+    import prx_jax.nn.attention as attn
+
+    seen = {}
+    real = jax.nn.dot_product_attention
+
+    def capture(q, k, v, *, mask=None, implementation=None):
+        seen["mask"], seen["impl"] = mask, implementation
+        return real(q, k, v, mask=mask, implementation="xla")
+
+    monkeypatch.setattr(attn.jax.nn, "dot_product_attention", capture)
+    keys = jax.random.split(jax.random.key(0), 3)
+    q = jax.random.normal(keys[0], (2, 5, 3, 8))
+    k = jax.random.normal(keys[1], (2, 7, 3, 8))
+    v = jax.random.normal(keys[2], (2, 7, 3, 8))
+    mask = jnp.array([[1, 1, 0, 1, 1, 1, 1], [1, 0, 0, 0, 1, 1, 1]], bool)
+    out = attention(q, k, v, mask, implementation="cudnn")
+    assert seen["impl"] == "cudnn" and seen["mask"].shape == (2, 1, 5, 7)
+    np.testing.assert_allclose(
+        np.asarray(out), np.asarray(attention(q, k, v, mask, implementation="xla")), atol=1e-6
+    )
