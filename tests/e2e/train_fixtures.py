@@ -26,6 +26,7 @@ TINY = [
     "optim.name=adamw",
     "optim.lr=1e-3",
     "optim.warmup_steps=5",
+    "objective.uniform_prob=0.1",  # PRX's mixture (the demo turns it off): the golden covers it
     "ema.every=1",
     "ema.decay=0.9",
     "validation.every=0",
