@@ -214,11 +214,6 @@ class Config:
             f"data.global_batch_size {self.data.global_batch_size} must divide by "
             f"train.grad_accum {self.train.grad_accum}",
         )
-        # Muon orthogonalises 2-D block matrices; stacked blocks are 3-D (layers first).
-        _check(
-            not (self.model.scan_blocks and self.optim.name == "muon"),
-            "model.scan_blocks=true is not supported with optim.name=muon yet",
-        )
 
 
 _ALIASES = {"data.batch_size": "data.global_batch_size"}

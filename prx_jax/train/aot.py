@@ -104,7 +104,7 @@ def step_parts(cfg: Config, mesh) -> StepParts:
     builder = functools.partial(make_model, cfg.model, prx)
     graphdef, abs_params = nnx.split(nnx.eval_shape(lambda: builder(nnx.Rngs(0))), nnx.Param)
     pure = abs_params.to_pure_dict()
-    tx = make_optimizer(cfg.optim, pure)
+    tx = make_optimizer(cfg.optim, pure, stacked_blocks=cfg.model.scan_blocks)
     param_sh = param_sharding_tree(abs_params, mesh)
 
     def init(params):

@@ -136,7 +136,9 @@ def setup(cfg: Config) -> Run:
     prx = resolve_prx_config(cfg, towers)
     builder = functools.partial(make_model, cfg.model, prx)
     graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: builder(nnx.Rngs(0))), nnx.Param)
-    tx = make_optimizer(cfg.optim, abstract_params.to_pure_dict())
+    tx = make_optimizer(
+        cfg.optim, abstract_params.to_pure_dict(), stacked_blocks=cfg.model.scan_blocks
+    )
     state, state_sh = init_train_state(
         graphdef, builder, tx, mesh, cfg.train.seed, _initial_params(cfg, prx, mesh)
     )

@@ -19,6 +19,7 @@ Legend: R rows, C columns of a 2-D leaf as stored.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
@@ -139,9 +140,17 @@ def is_muon_default(path: str, leaf) -> bool:
     return jnp.ndim(leaf) == 2 and "blocks" in path
 
 
-def muon_labels(tree, is_muon: Callable[[str, Any], bool] | None = None):
+def is_muon_stacked(path: str, leaf) -> bool:
+    """The same rule for scanned blocks, whose leaves carry a leading layers axis: a block matrix
+    is 3-D [L, R, C] (and a stacked bias 2-D [L, C], which stays with Adam)."""
+    return jnp.ndim(leaf) == 3 and "blocks" in path
+
+
+def muon_labels(
+    tree, is_muon: Callable[[str, Any], bool] | None = None, stacked_blocks: bool = False
+):
     """The tree of "muon" / "adam" labels (same structure as `tree`)."""
-    rule = is_muon or is_muon_default
+    rule = is_muon or (is_muon_stacked if stacked_blocks else is_muon_default)
     return jax.tree_util.tree_map_with_path(
         lambda p, x: "muon" if rule(path_str(p), x) else "adam", tree
     )
@@ -193,15 +202,17 @@ def scale_by_muon_prx(
         else:
             direction = mu
 
-        def orthogonal(u_RxC):
-            if u_RxC.ndim != 2:
-                raise ValueError(f"Muon needs 2-D leaves, got shape {u_RxC.shape}")
-            rows_in, cols_out = u_RxC.shape
+        def orthogonal(u):
+            # 2-D: one matrix; 3-D: scanned blocks, one matrix per layer (leading axis).
+            if u.ndim not in (2, 3):
+                raise ValueError(f"Muon needs 2-D (or layer-stacked 3-D) leaves, got {u.shape}")
+            rows_in, cols_out = u.shape[-2:]
             if rms_scale:
                 scale = 0.2 * math.sqrt(max(rows_in, cols_out))
             else:
                 scale = math.sqrt(max(1.0, cols_out / rows_in))
-            return newton_schulz(u_RxC, ns_steps, ns_coeffs, ns_dtype) * scale
+            ns = functools.partial(newton_schulz, steps=ns_steps, coeffs=ns_coeffs, dtype=ns_dtype)
+            return (ns(u) if u.ndim == 2 else jax.vmap(ns)(u)) * scale
 
         return jax.tree.map(orthogonal, direction), ScaleByMuonPRXState(mu=mu)
 
@@ -213,13 +224,15 @@ def make_optimizer(
     params_tree=None,
     *,
     is_muon: Callable[[str, Any], bool] | None = None,
+    stacked_blocks: bool = False,
 ) -> optax.GradientTransformation:
     """The optax transformation of `cfg` (apply with optax.apply_updates: updates are -lr * dir).
 
     params_tree (an nnx.State or nested dict; arrays or ShapeDtypeStructs) is only checked: for
     Muon, at least one leaf must go to the Muon group. Labels are recomputed from the tree each
     update, so the same transformation serves sharded and abstract trees. is_muon(path, leaf)
-    overrides the Muon rule (default: ndim == 2 and "blocks" in the dotted path).
+    overrides the Muon rule (default: ndim == 2 and "blocks" in the dotted path; with
+    stacked_blocks, for scanned models, ndim == 3, each layer's matrix orthogonalised alone).
     """
     parts = []
     if cfg.clip_grad_norm:
@@ -227,7 +240,7 @@ def make_optimizer(
     if cfg.name == "adamw":
         parts.append(optax.scale_by_adam(cfg.b1, cfg.b2, eps=cfg.eps, eps_root=0.0))
     else:
-        label_fn = lambda tree: muon_labels(tree, is_muon)  # noqa: E731
+        label_fn = lambda tree: muon_labels(tree, is_muon, stacked_blocks)  # noqa: E731
         if params_tree is not None and "muon" not in jax.tree.leaves(label_fn(params_tree)):
             raise ValueError("OptimConfig.name is 'muon' but no parameter matches the Muon rule")
         muon = scale_by_muon_prx(

@@ -115,6 +115,21 @@ def test_init_from_diffusers_reproduces_its_forward(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_scanned_muon_steps_equal_the_unrolled_ones(tmp_path):
+    """model.scan_blocks=true with Muon (each layer's matrix orthogonalised alone), on fsdp=4:
+    three steps give the unrolled, unsharded model's parameters, stacked."""
+    common = ("optim.name=muon", "optim.warmup_steps=0", "optim.muon_ns_dtype=float32")
+    ref, m_ref = _params_after(tiny_config(tmp_path / "a", *common), 3)
+    got, m = _params_after(
+        tiny_config(tmp_path / "b", *common, "model.scan_blocks=true", "mesh.fsdp=4"), 3
+    )
+    assert float(m["loss"]) == pytest.approx(float(m_ref["loss"]), rel=1e-5)
+    blocks = ref.pop("blocks")
+    ref["blocks"] = jax.tree.map(lambda *xs: np.stack(xs), *(blocks[i] for i in sorted(blocks)))
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6)
+
+
 def test_muon_trains_on_a_sharded_mesh(tmp_path):
     """Muon/Adam partition state gets shardings too (its masked leaves included)."""
     cfg = tiny_config(tmp_path, "optim.name=muon", "mesh.fsdp=4", "optim.warmup_steps=0")

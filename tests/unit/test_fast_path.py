@@ -6,6 +6,7 @@ and the AOT dry run on 8 fake devices."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -249,3 +250,59 @@ def test_cudnn_gets_a_full_length_mask(monkeypatch):
     np.testing.assert_allclose(
         np.asarray(out), np.asarray(attention(q, k, v, mask, implementation="xla")), atol=1e-6
     )
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_muon_on_scanned_blocks_equals_the_unrolled_update(sharded):
+    """Muon orthogonalises each layer's matrix of a stacked [L, R, C] leaf on its own: two steps on
+    the scanned model give the unrolled model's parameters, stacked; stacked biases stay with Adam.
+    Sharded: the stacked leaves split over fsdp=8 on their first non-layer axis when it divides."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from prx_jax.parallel.rules import make_mesh
+    from prx_jax.train.optim import OptimConfig, make_optimizer, muon_labels
+
+    loop, scan = _randomised_pair()
+    p_loop = nnx.state(loop, nnx.Param).to_pure_dict()
+    p_scan = nnx.state(scan, nnx.Param).to_pure_dict()
+    labels = muon_labels(p_scan, stacked_blocks=True)
+    assert labels["blocks"]["attention"]["img_qkv_proj"]["kernel"] == "muon"
+    assert labels["blocks"]["modulation"]["lin"]["bias"] == "adam"  # stacked [L, C]
+    assert labels["txt_in"]["kernel"] == "adam"
+    n_muon = jax.tree.leaves(labels).count("muon")
+    assert n_muon == jax.tree.leaves(muon_labels(p_loop)).count("muon") // CFG.depth
+
+    cfg = OptimConfig(name="muon", lr=0.02, warmup_steps=0, muon_ns_dtype="float32")
+
+    def stack(tree):
+        tree = dict(tree)
+        blocks = tree.pop("blocks")
+        tree["blocks"] = jax.tree.map(
+            lambda *xs: jnp.stack(xs), *(blocks[i] for i in sorted(blocks))
+        )
+        return tree
+
+    def grads(params, k):
+        return jax.tree.map(lambda x: jnp.sin(k + 3.0 * x), params)
+
+    def run(tx, params, to_layout):
+        state = tx.init(params)
+        for k in range(2):
+            upd, state = jax.jit(tx.update)(grads(params, k), state, params)
+            params = optax.apply_updates(params, upd)
+        return to_layout(params)
+
+    want = run(make_optimizer(cfg, p_loop), p_loop, stack)
+    if sharded:
+        mesh = make_mesh(data=1, fsdp=8, tensor=1)
+
+        def put(x):
+            spec = [None] * x.ndim
+            if x.ndim >= 2 and x.shape[1] % 8 == 0:
+                spec[1] = "fsdp"
+            return jax.device_put(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+        p_scan = jax.tree.map(put, p_scan)
+    got = run(make_optimizer(cfg, p_scan, stacked_blocks=True), p_scan, lambda t: t)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=2e-6)
