@@ -1,7 +1,7 @@
 """``python -m prx_jax.train [--config configs/X.yaml] [key.sub=value ...]``.
 
-With no arguments it trains the demo preset (``configs/demo.yaml``; the built-in defaults when the
-file is not there): a tiny pixel-space PRX on the procedural demo dataset.
+With no arguments it trains the demo preset (``configs/demo.yaml``, installed with the package as
+``prx_jax/configs/demo.yaml``): a tiny pixel-space PRX on the procedural demo dataset.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:

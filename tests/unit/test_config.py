@@ -15,6 +15,18 @@ def test_there_are_presets():
     assert {"demo", "speedrun-512", "speedrun-1024", "finetune-prx-512"} <= names
 
 
+def test_presets_ship_inside_the_package():
+    """`python -m prx_jax.train` reads the demo from prx_jax/configs (package data, a link to
+    configs/ here), so a non-editable install runs the same demo as this checkout."""
+    import prx_jax
+    from prx_jax.train.__main__ import DEMO
+
+    packaged = Path(prx_jax.__file__).resolve().parent / "configs"
+    assert DEMO.parent.resolve() == packaged.resolve() and DEMO.exists()
+    assert sorted(p.name for p in packaged.glob("*.yaml")) == [p.name for p in CONFIGS]
+    assert DEMO.read_text() == (CONFIGS[0].parent / "demo.yaml").read_text()
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_yaml_loads_and_round_trips(path, tmp_path):
     cfg = load_config(path)
