@@ -28,9 +28,9 @@ while [ "$(jobs -r | wc -l)" -gt 0 ] && [ $(( $(date +%s) - T0 )) -lt "$BUDGET" 
 for spec in "$@"; do
   name=${spec%%|*}; ov=${spec#*|}
   $PY - "$R/$name/metrics.jsonl" "$name" "$ov" "$STEPS" <<'PYEOF'
-import json, sys, time
+import json, os, sys, time
 path, name, ov, steps = sys.argv[1:]
-rows = [json.loads(line) for line in open(path)] if __import__("os").path.exists(path) else []
+rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
 acc = {r["step"]: round(r["demo_accuracy"], 4) for r in rows if "demo_accuracy" in r}
 last = max((r["step"] for r in rows), default=0)
 row = {"benchmark": "demo_sweep", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "name": name,

@@ -44,7 +44,7 @@ from prx_jax.convert.sources import (
     find_source,
 )
 from prx_jax.models.presets import PRESETS
-from prx_jax.models.prx import PRXTransformer
+from prx_jax.models.prx import PRXTransformer, stack_block_params
 from prx_jax.models.prx_config import PRXConfig
 from prx_jax.parallel.rules import DEFAULT_RULES, spec_for
 
@@ -248,13 +248,11 @@ def _restack(model: PRXTransformer, param_dtype, mesh: Mesh | None, rules) -> PR
             attention_impl=model.attention_impl, scan_blocks=True,
         )
     )  # fmt: skip
-    params = nnx.state(model, nnx.Param).to_pure_dict()
-    blocks = params.pop("blocks")
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(blocks[i] for i in sorted(blocks)))
+    params = stack_block_params(nnx.state(model, nnx.Param).to_pure_dict())
     flat = dict(nnx.to_flat_state(state))
     for path, var in flat.items():
-        tree = stacked if path[0] == "blocks" else params
-        for p in path[1:] if path[0] == "blocks" else path:
+        tree = params
+        for p in path:
             tree = tree[p]
         var.set_value(jax.device_put(tree, _sharding(var, mesh, rules)))
     return nnx.merge(graphdef, state)

@@ -146,6 +146,15 @@ def _stack_blocks(blocks: list[PRXBlock]) -> PRXBlock:
     return nnx.merge(graphdef, jax.tree.map(stack, *states, is_leaf=is_var))
 
 
+def stack_block_params(params: dict) -> dict:
+    """A pure parameter dict of the per-block layout (``blocks: {0: ..., 1: ...}``) in the scanned
+    layout: the same dict with every block leaf stacked on a leading layers axis."""
+    out = dict(params)
+    blocks = out.pop("blocks")
+    out["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *(blocks[i] for i in sorted(blocks)))
+    return out
+
+
 def patchify(x_BxCxHxW: jax.Array, p: int) -> jax.Array:
     """``[B, C, H, W] -> [B, (H/p)(W/p), C*p*p]``: row-major tokens, ``(c, ph, pw)`` features."""
     B, C, H, W = x_BxCxHxW.shape

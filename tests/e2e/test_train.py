@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from prx_jax.data import make_pipeline
+from prx_jax.models.prx import stack_block_params
 from prx_jax.train.loop import setup, train
 from tests.e2e.train_fixtures import tiny_config
 from tests.helpers import rel_err
@@ -124,8 +125,7 @@ def test_scanned_muon_steps_equal_the_unrolled_ones(tmp_path):
         tiny_config(tmp_path / "b", *common, "model.scan_blocks=true", "mesh.fsdp=4"), 3
     )
     assert float(m["loss"]) == pytest.approx(float(m_ref["loss"]), rel=1e-5)
-    blocks = ref.pop("blocks")
-    ref["blocks"] = jax.tree.map(lambda *xs: np.stack(xs), *(blocks[i] for i in sorted(blocks)))
+    ref = stack_block_params(ref)
     for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got), strict=True):
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6)
 

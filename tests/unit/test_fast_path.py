@@ -12,7 +12,7 @@ from flax import nnx
 
 from prx_jax import load_transformer, save_transformer
 from prx_jax.convert.errors import ConversionError
-from prx_jax.models.prx import PRXTransformer
+from prx_jax.models.prx import PRXTransformer, stack_block_params
 from prx_jax.nn.attention import attention, resolve_implementation
 from prx_jax.testing import FAMILIES, random_inputs, save_random_diffusers
 from prx_jax.train.prefetch import Prefetcher
@@ -36,9 +36,7 @@ def _randomised_pair(**scan_kw):
     keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(state))))
     nnx.update(loop, jax.tree.map(lambda a: 0.2 * jax.random.normal(next(keys), a.shape), state))
     scan = PRXTransformer(CFG, rngs=nnx.Rngs(0), scan_blocks=True, **scan_kw)
-    params = nnx.state(loop, nnx.Param).to_pure_dict()
-    blocks = params.pop("blocks")
-    params["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *(blocks[i] for i in sorted(blocks)))
+    params = stack_block_params(nnx.state(loop, nnx.Param).to_pure_dict())
     scan_state = nnx.state(scan, nnx.Param)
     nnx.replace_by_pure_dict(scan_state, params)
     nnx.update(scan, scan_state)
@@ -72,9 +70,7 @@ def test_scan_equals_loop_forward_and_gradients(policy):
     l_loop, g_loop = loss_and_grad(loop)
     l_scan, g_scan = loss_and_grad(scan)
     np.testing.assert_allclose(float(l_scan), float(l_loop), rtol=1e-5)
-    g_loop, g_scan = g_loop.to_pure_dict(), g_scan.to_pure_dict()
-    blocks = g_loop.pop("blocks")
-    g_loop["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *(blocks[i] for i in sorted(blocks)))
+    g_loop, g_scan = stack_block_params(g_loop.to_pure_dict()), g_scan.to_pure_dict()
     for a, b in zip(jax.tree.leaves(g_loop), jax.tree.leaves(g_scan), strict=True):
         np.testing.assert_allclose(
             np.asarray(b), np.asarray(a), rtol=0, atol=1e-5 * (1 + np.abs(a).max())
@@ -274,14 +270,6 @@ def test_muon_on_scanned_blocks_equals_the_unrolled_update(sharded):
 
     cfg = OptimConfig(name="muon", lr=0.02, warmup_steps=0, muon_ns_dtype="float32")
 
-    def stack(tree):
-        tree = dict(tree)
-        blocks = tree.pop("blocks")
-        tree["blocks"] = jax.tree.map(
-            lambda *xs: jnp.stack(xs), *(blocks[i] for i in sorted(blocks))
-        )
-        return tree
-
     def grads(params, k):
         return jax.tree.map(lambda x: jnp.sin(k + 3.0 * x), params)
 
@@ -292,7 +280,7 @@ def test_muon_on_scanned_blocks_equals_the_unrolled_update(sharded):
             params = optax.apply_updates(params, upd)
         return to_layout(params)
 
-    want = run(make_optimizer(cfg, p_loop), p_loop, stack)
+    want = run(make_optimizer(cfg, p_loop), p_loop, stack_block_params)
     if sharded:
         mesh = make_mesh(data=1, fsdp=8, tensor=1)
 
