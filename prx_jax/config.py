@@ -208,6 +208,10 @@ class Config:
 
         if self.optim is None:
             object.__setattr__(self, "optim", OptimConfig())
+        if self.optim.schedule != "constant" and self.optim.total_steps is None:
+            # A decaying schedule ends with the run (a run shorter than the warm-up never decays).
+            total = max(self.train.steps, self.optim.warmup_steps + 1)
+            object.__setattr__(self, "optim", dataclasses.replace(self.optim, total_steps=total))
         _check(self.vae in ("none", "pipeline"), f"vae: {self.vae!r} (none | pipeline)")
         _check(
             self.data.global_batch_size % self.train.grad_accum == 0,

@@ -50,9 +50,14 @@ class OptimConfig:
     muon_adam_eps: float = 1e-8  # epsilon of Muon's Adam group
     clip_grad_norm: float | None = 0.2  # global L2 gradient-norm cap; None or 0 disables
     warmup_steps: int = 1000  # linear warm-up: multiplier k / warmup_steps for k < warmup_steps
-    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up: 1.0, or a cosine decay
-    total_steps: int | None = None  # cosine only: the step at which the decay reaches its floor
-    min_lr_ratio: float = 0.0  # cosine only: the final multiplier
+    # After warm-up: "constant" 1.0; "cosine" decay to min_lr_ratio at total_steps; "wsd"
+    # (warm-up, stable, decay): 1.0, then a linear decay over the last decay_fraction of
+    # total_steps down to min_lr_ratio.
+    schedule: Literal["constant", "cosine", "wsd"] = "constant"
+    total_steps: int | None = None  # decaying schedules: where the floor is reached (None: the
+    # run's train.steps, filled in by the run config)
+    min_lr_ratio: float = 0.0  # decaying schedules: the final multiplier
+    decay_fraction: float = 0.2  # wsd only: the decaying share of total_steps
 
     def __post_init__(self):
         def bad(field, why):
@@ -78,14 +83,14 @@ class OptimConfig:
             bad("clip_grad_norm", "must be None, 0 (off) or > 0")
         if self.warmup_steps < 0:
             bad("warmup_steps", "must be >= 0")
-        if self.schedule not in ("constant", "cosine"):
-            bad("schedule", "must be 'constant' or 'cosine'")
-        if self.schedule == "cosine" and (
-            self.total_steps is None or self.total_steps <= self.warmup_steps
-        ):
-            bad("total_steps", "must be set and > warmup_steps for the cosine schedule")
+        if self.schedule not in ("constant", "cosine", "wsd"):
+            bad("schedule", "must be 'constant', 'cosine' or 'wsd'")
+        if self.total_steps is not None and self.total_steps <= self.warmup_steps:
+            bad("total_steps", "must be > warmup_steps")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             bad("min_lr_ratio", "must be in [0, 1]")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            bad("decay_fraction", "must be in (0, 1]")
 
 
 def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
@@ -105,15 +110,27 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
 
 
 def lr_schedule(cfg: OptimConfig) -> optax.Schedule:
-    """lr(k), k = completed updates: lr k/warmup for k < warmup, then lr or a cosine decay."""
+    """lr(k), k = completed updates: lr k/warmup for k < warmup, then lr times the schedule's
+    multiplier (constant 1; cosine; wsd: 1 until the last decay_fraction of total_steps, then
+    linear), which reaches min_lr_ratio at total_steps and stays there."""
+    if cfg.schedule != "constant" and cfg.total_steps is None:
+        raise ValueError(
+            f"OptimConfig.total_steps must be set for the {cfg.schedule!r} schedule "
+            "(the run config fills it with train.steps)"
+        )
 
     def schedule(count):
         k = jnp.asarray(count, jnp.float32)
+        floor = cfg.min_lr_ratio
         if cfg.schedule == "cosine":
             span = cfg.total_steps - cfg.warmup_steps
             progress = jnp.clip((k - cfg.warmup_steps) / span, 0.0, 1.0)
             cosine = 0.5 * (1.0 + jnp.cos(math.pi * progress))
-            after = cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
+            after = floor + (1.0 - floor) * cosine
+        elif cfg.schedule == "wsd":
+            span = max(1, round(cfg.decay_fraction * (cfg.total_steps - cfg.warmup_steps)))
+            progress = jnp.clip((k - (cfg.total_steps - span)) / span, 0.0, 1.0)
+            after = 1.0 - (1.0 - floor) * progress
         else:
             after = jnp.float32(1.0)
         warm = k / max(cfg.warmup_steps, 1)

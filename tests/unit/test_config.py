@@ -64,6 +64,23 @@ def test_bad_overrides_name_the_key(override, match):
         load_config(None, [override])
 
 
+def test_decaying_schedules_end_with_the_run_unless_told():
+    cfg = load_config(None, ["optim.schedule=wsd", "train.steps=900", "optim.warmup_steps=50"])
+    assert cfg.optim.total_steps == 900
+    cfg = load_config(
+        None,
+        [
+            "optim.schedule=cosine",
+            "train.steps=900",
+            "optim.total_steps=600",
+            "optim.warmup_steps=9",
+        ],
+    )
+    assert cfg.optim.total_steps == 600
+    assert load_config(None, ["optim.schedule=wsd", "train.steps=3"]).optim.total_steps == 1001
+    assert load_config(None, ["train.steps=900"]).optim.total_steps is None  # constant
+
+
 def test_cli_reports_config_errors(capsys):
     assert train_main(["optim.lrr=1"]) == 2
     assert "optim.lrr" in capsys.readouterr().err

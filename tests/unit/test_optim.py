@@ -150,6 +150,15 @@ def test_warmup_first_update_is_zero_and_schedules():
     assert all(float(jnp.abs(u).max()) == 0.0 for u in jax.tree.leaves(upd))
     cos = lr_schedule(dataclasses.replace(cfg, schedule="cosine", total_steps=14, min_lr_ratio=0.1))
     np.testing.assert_allclose([cos(k) for k in (4, 9, 14, 20)], [1.0, 0.55, 0.1, 0.1], atol=1e-6)
+    # wsd over 4 + 10 steps, the last 40% (4 steps: 10..14) linear from 1 down to 0.2.
+    wsd = lr_schedule(
+        dataclasses.replace(
+            cfg, schedule="wsd", total_steps=14, decay_fraction=0.4, min_lr_ratio=0.2
+        )
+    )
+    np.testing.assert_allclose(
+        [wsd(k) for k in (2, 4, 10, 11, 13, 14, 30)], [0.5, 1, 1, 0.8, 0.4, 0.2, 0.2], atol=1e-6
+    )
 
 
 def test_clipping_caps_global_norm():
@@ -217,7 +226,11 @@ def test_optim_config_names_the_bad_field():
         with pytest.raises(ValueError, match=field):
             OptimConfig(**{field: value})
     with pytest.raises(ValueError, match="total_steps"):
-        OptimConfig(schedule="cosine")
+        OptimConfig(schedule="cosine", warmup_steps=10, total_steps=10)
+    with pytest.raises(ValueError, match="decay_fraction"):
+        OptimConfig(schedule="wsd", decay_fraction=0.0)
+    with pytest.raises(ValueError, match="total_steps"):  # None is only filled in by a run config
+        lr_schedule(OptimConfig(schedule="wsd"))
     with pytest.raises(ValueError, match="Muon rule"):
         make_optimizer(OptimConfig(name="muon"), {"final": jnp.ones((3, 5))})
 
