@@ -51,13 +51,13 @@ class OptimConfig:
     clip_grad_norm: float | None = 0.2  # global L2 gradient-norm cap; None or 0 disables
     warmup_steps: int = 1000  # linear warm-up: multiplier k / warmup_steps for k < warmup_steps
     # After warm-up: "constant" 1.0; "cosine" decay to min_lr_ratio at total_steps; "wsd"
-    # (warm-up, stable, decay): 1.0, then a linear decay over the last decay_fraction of
-    # total_steps down to min_lr_ratio.
+    # (warm-up, stable, decay): 1.0, then a linear decay down to min_lr_ratio over the last
+    # decay_fraction of the steps between warm-up and total_steps.
     schedule: Literal["constant", "cosine", "wsd"] = "constant"
     total_steps: int | None = None  # decaying schedules: where the floor is reached (None: the
     # run's train.steps, filled in by the run config)
     min_lr_ratio: float = 0.0  # decaying schedules: the final multiplier
-    decay_fraction: float = 0.2  # wsd only: the decaying share of total_steps
+    decay_fraction: float = 0.2  # wsd only: the decaying share of the post-warm-up steps
 
     def __post_init__(self):
         def bad(field, why):
@@ -111,8 +111,8 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
 
 def lr_schedule(cfg: OptimConfig) -> optax.Schedule:
     """lr(k), k = completed updates: lr k/warmup for k < warmup, then lr times the schedule's
-    multiplier (constant 1; cosine; wsd: 1 until the last decay_fraction of total_steps, then
-    linear), which reaches min_lr_ratio at total_steps and stays there."""
+    multiplier (constant 1; cosine; wsd: 1, then linear over the last decay_fraction of the
+    post-warm-up steps), which reaches min_lr_ratio at total_steps and stays there."""
     if cfg.schedule != "constant" and cfg.total_steps is None:
         raise ValueError(
             f"OptimConfig.total_steps must be set for the {cfg.schedule!r} schedule "
