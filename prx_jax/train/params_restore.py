@@ -127,7 +127,9 @@ def load_run(
         shardings,
     )
     state_dir = step_dir / "state"
-    ckpt = ocp.PyTreeCheckpointer()
+    # The handler, not a PyTreeCheckpointer: that one looks for the step's _CHECKPOINT_METADATA
+    # inside the item folder and logs a warning that it is missing (it is one level up).
+    ckpt = ocp.PyTreeCheckpointHandler()
     meta = ckpt.metadata(state_dir)
     meta = getattr(meta, "item_metadata", meta)
     meta = getattr(meta, "tree", meta)
