@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give --prompt or --prompts-file", file=sys.stderr)
         return 2
     prompts = [p for p in prompts for _ in range(args.images_per_prompt)]
+    from prx_jax.xla_flags import apply_default_flags
+
+    apply_default_flags()
     import numpy as np
 
     from prx_jax.publish.sampling import SampleSpec, load_model, sample_to_dir

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         "--device-memory-gb", type=float, default=80.0, help="--dry-run: memory per device"
     )
     args = p.parse_args(argv)
+    from prx_jax.xla_flags import apply_default_flags
+
+    apply_default_flags()
     from prx_jax.config import ConfigError, load_config
 
     path = args.config or (DEMO if DEMO.exists() else None)
