@@ -96,7 +96,7 @@ def train_step(state: TrainState, batch: dict, frozen: dict, *, statics: StepSta
         model = nnx.merge(statics.graphdef, params)
         out = model(mb["x_t"], mb["t"], mb["txt"], mb["mask"])
         per_sample = loss_per_sample(
-            out, mb["x0"], mb["noise"], mb["x_t"], mb["t"], statics.prediction
+            out, mb["x0"], mb["noise"], mb["x_t"], mb["t"], statics.prediction, statics.x_clamp_min
         )
         return per_sample.mean(), per_sample
 
@@ -144,5 +144,5 @@ def eval_loss(params: dict, batch: dict, frozen: dict, key: jax.Array, *, static
     statics = dataclasses.replace(statics, caption_dropout=0.0)
     x0, txt, mask, t_B, noise, x_t = prepare_inputs(statics, frozen, batch, key)
     out = nnx.merge(statics.graphdef, params)(x_t, t_B, txt, mask)
-    loss_B = loss_per_sample(out, x0, noise, x_t, t_B, statics.prediction)
+    loss_B = loss_per_sample(out, x0, noise, x_t, t_B, statics.prediction, statics.x_clamp_min)
     return bin_stats(loss_B, t_B, statics.loss_bins)

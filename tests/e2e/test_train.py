@@ -1,10 +1,12 @@
 """The trainer on tiny configs: golden metrics, learning, sharding invariance, init_from."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -12,7 +14,8 @@ from flax import nnx
 from prx_jax.data import make_pipeline
 from prx_jax.models.prx import stack_block_params
 from prx_jax.train.loop import setup, train
-from tests.e2e.train_fixtures import tiny_config
+from prx_jax.train.step import eval_loss, prepare_inputs
+from tests.e2e.train_fixtures import STABLE, tiny_config
 from tests.helpers import rel_err
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "train_three_steps.json"
@@ -49,10 +52,25 @@ def test_golden_metrics(tmp_path):
         assert got[k] == pytest.approx(want[k], rel=1e-5), (k, got[k], want[k])
 
 
-# AdamW's eps 1e-15 turns gradients that are zero in exact arithmetic but round-off in floats
-# (the zero-initialised output layers make many) into +-lr steps whose sign follows the reduction
-# order, which differs between meshes by design. eps 1e-6 keeps the comparison about sharding.
-STABLE = "optim.eps=1e-6"
+def test_x_clamp_min_reaches_the_training_and_held_out_losses(tmp_path):
+    """The losses are the x-space MSE weighted by 1 / max(t, objective.x_clamp_min)^2."""
+    run = setup(tiny_config(tmp_path, "mesh.fsdp=1", "objective.x_clamp_min=0.5"))
+    batch, params = _one_batch(run), run.state.params
+    key = jax.random.fold_in(jax.random.key(run.cfg.train.seed), 0)
+
+    def want(statics):
+        x0, txt, mask, t_B, _, x_t = prepare_inputs(statics, run.frozen, batch, key)
+        assert float(t_B.min()) < 0.5  # some samples are clamped
+        out = nnx.merge(run.graphdef, params)(x_t, t_B, txt, mask)
+        t_c = jnp.maximum(t_B, 0.5)[:, None, None, None]
+        return float(jnp.mean(jnp.square((out - x0) / t_c)))
+
+    held_out = dataclasses.replace(run.statics, caption_dropout=0.0)
+    s, n = eval_loss(params, batch, run.frozen, key, statics=run.statics)
+    assert float(s.sum() / n.sum()) == pytest.approx(want(held_out), rel=1e-5)
+    expected = want(run.statics)
+    _, m = run.step_fn(run.state, batch, run.frozen)  # donates the state: last
+    assert float(m["loss"]) == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("mesh", [(1, 8, 1), (2, 4, 1)], ids=["fsdp8", "data2xfsdp4"])
