@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.test_checkpoint import assert_trees_equal, saved_state
-from tests.e2e.train_fixtures import TINY
+from tests.e2e.train_fixtures import STABLE, TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -106,7 +106,7 @@ def _free_port() -> int:
 
 
 def test_two_processes_match_one_process(tmp_path):
-    args = ("mesh.fsdp=-1", "train.steps=6", "checkpoint.every=6", "train.log_every=3")
+    args = ("mesh.fsdp=-1", "train.steps=6", "checkpoint.every=6", "train.log_every=3", STABLE)
     _run(_train_cmd(tmp_path / "one", *args), _env(4))
     port = _free_port()
     procs = [
