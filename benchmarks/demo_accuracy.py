@@ -50,7 +50,7 @@ def main(argv=None) -> None:
         guidance_scale=v.guidance_scale if args.cfg is None else args.cfg,
         shift=v.sample_shift if args.shift is None else args.shift,
         seed=v.seed, prediction=cfg.objective.prediction,
-        x_clamp_min=cfg.objective.x_clamp_min, noise_scale=cfg.objective.noise_scale, is_demo=True,
+        noise_scale=cfg.objective.noise_scale, is_demo=True,
     )  # fmt: skip
     sampler = make_sampler(w.graphdef, spec, (w.prx.in_channels, H, W))
     txt, mask = towers.encode(list(prompts))

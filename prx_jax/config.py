@@ -100,7 +100,10 @@ class ObjectiveConfig:
     uniform_prob: float = 0.1  # share of unshifted U[1e-3, 1) timesteps
     noise_scale: float = 1.0  # epsilon ~ N(0, noise_scale^2)
     caption_dropout: float = 0.1  # share of captions replaced by the empty prompt
-    x_clamp_min: float = 0.05  # x-prediction -> velocity uses 1 / max(t, this)
+    # x-prediction's training loss maps x0 to velocity with 1 / max(t, this): an x-space MSE
+    # weighted by 1 / max(t, this)^2. Sampling (validation, sample, the exported pipeline) always
+    # converts with PRXPixelPipeline's 0.05: a larger clamp there would under-step small t.
+    x_clamp_min: float = 0.05
     loss_bins: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0)  # timestep bins for loss logging
 
     def __post_init__(self):

@@ -48,8 +48,6 @@ def check_exportable(weights: RunWeights) -> str:
         problems.append(f"PRXPipeline starts from randn: objective.noise_scale is {o.noise_scale}")
     if kind == "pixel" and o.prediction != "x":
         problems.append(f"PRXPixelPipeline samples x-prediction models, not {o.prediction!r}")
-    if kind == "pixel" and o.x_clamp_min != 0.05:
-        problems.append(f"PRXPixelPipeline clamps t at 0.05: objective.x_clamp_min {o.x_clamp_min}")
     if problems:
         raise ValueError(f"{weights.checkpoint} cannot be exported:\n  " + "\n  ".join(problems))
     return kind

@@ -33,7 +33,6 @@ class ValidationSpec:
     shift: float
     seed: int
     prediction: str
-    x_clamp_min: float  # x-prediction -> velocity: 1 / max(t, this), as in training
     noise_scale: float
     is_demo: bool
 
@@ -61,7 +60,6 @@ def make_sampler(graphdef: nnx.GraphDef, spec: ValidationSpec, latent_shape: tup
             uncond=uncond,
             guidance_scale=spec.guidance_scale,
             prediction=spec.prediction,
-            x_clamp_min=spec.x_clamp_min,
         )
 
     return jax.jit(sample)
@@ -129,7 +127,6 @@ def make_validation(cfg, prx, graphdef, towers: Towers):
         shift=v.sample_shift,
         seed=v.seed,
         prediction=cfg.objective.prediction,
-        x_clamp_min=cfg.objective.x_clamp_min,
         noise_scale=cfg.objective.noise_scale,
         is_demo=cfg.data.source == "demo",
     )
