@@ -38,6 +38,19 @@ def with_default_flags(xla_flags: str, defaults: tuple[str, ...] = DEFAULT_FLAGS
     return " ".join(out)
 
 
+CPU_DEVICES = "--xla_force_host_platform_device_count"
+
+
+def apply_cpu_devices(n: int, env: MutableMapping[str, str] = os.environ) -> bool:
+    """Asks XLA:CPU for ``n`` host devices (``mesh.cpu_devices``) unless ``XLA_FLAGS`` names a
+    count already; ``n == 0`` does nothing. Returns whether the flag was added."""
+    if n <= 0:
+        return False
+    before = env.get("XLA_FLAGS", "")
+    env["XLA_FLAGS"] = with_default_flags(before, (f"{CPU_DEVICES}={n}",))
+    return env["XLA_FLAGS"] != before
+
+
 def apply_default_flags(env: MutableMapping[str, str] = os.environ) -> None:
     """Adds the defaults to ``env["XLA_FLAGS"]``; effective only before JAX's first device use."""
     if env.get("PRX_JAX_XLA_DEFAULTS", "1") == "0":

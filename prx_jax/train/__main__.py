@@ -27,10 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         "--device-memory-gb", type=float, default=80.0, help="--dry-run: memory per device"
     )
     args = p.parse_args(argv)
-    from prx_jax.xla_flags import apply_default_flags
+    from prx_jax.config import ConfigError, load_config
+    from prx_jax.xla_flags import apply_cpu_devices, apply_default_flags
 
     apply_default_flags()
-    from prx_jax.config import ConfigError, load_config
 
     path = args.config or (DEMO if DEMO.exists() else None)
     try:
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not args.dry_run:
+        apply_cpu_devices(cfg.mesh.cpu_devices)  # before JAX starts its CPU backend
     if args.dry_run:
         from prx_jax.train import aot
 

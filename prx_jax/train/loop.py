@@ -155,6 +155,23 @@ def setup(cfg: Config) -> Run:
     )
 
 
+def describe_mesh(cfg: Config, mesh: jax.sharding.Mesh) -> str:
+    """One line: the mesh axes, the devices, and why ``mesh.cpu_devices`` did not apply if so."""
+    platform = jax.devices()[0].platform
+    line = (
+        f"mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} tensor={mesh.shape['tensor']}"
+        f" over {mesh.size} of {jax.device_count()} {platform} devices"
+        f" ({jax.process_count()} process{'es' if jax.process_count() > 1 else ''})"
+    )
+    want = cfg.mesh.cpu_devices
+    if want and platform == "cpu" and jax.local_device_count() != want:
+        line += (
+            f"; mesh.cpu_devices={want} not applied: python -m prx_jax.train sets it before JAX "
+            "starts, and a --xla_force_host_platform_device_count in XLA_FLAGS wins"
+        )
+    return line
+
+
 def train(cfg: Config) -> dict:
     """Runs (or resumes) the training described by ``cfg``; returns the last logged metrics.
 
@@ -172,6 +189,8 @@ def train(cfg: Config) -> dict:
     if jax.process_index() == 0:
         save_config(cfg, run_dir / "config.yaml")
     run = setup(cfg)
+    if jax.process_index() == 0:
+        print(describe_mesh(cfg, run.mesh))
     state = run.state
     data_iter = make_pipeline(cfg.data, batch_sharding=run.batch_sharding)
     state = _resume(cfg, ckpt, state, run.state_shardings, data_iter)

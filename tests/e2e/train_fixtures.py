@@ -35,6 +35,7 @@ TINY = [
     "checkpoint.every=1000",
     "logging.progress=false",
     "logging.tensorboard=false",
+    "mesh.data=1",  # the demo's -1 would take every fake device; tests set fsdp (and data)
 ]
 
 # AdamW's eps 1e-15 turns gradients that are zero in exact arithmetic but round-off in floats

@@ -57,6 +57,7 @@ def test_overrides_are_typed():
         ("model.remat=maybe", "model.remat: expected true/false"),
         ("train.steps", "must look like key.sub=value"),
         ("validation.demo_prompts=0", "validation.demo_prompts must be >= 1"),
+        ("mesh.cpu_devices=-2", "mesh.cpu_devices must be >= 0"),
     ],
 )
 def test_bad_overrides_name_the_key(override, match):

@@ -57,3 +57,15 @@ def test_mesh_sizes():
         make_mesh(2, 8, 1)
     with pytest.raises(ValueError, match="do not divide"):
         make_mesh(3, -1, 1)
+
+
+def test_the_trainer_names_its_mesh_and_an_unapplied_cpu_device_count():
+    from prx_jax.config import load_config
+    from prx_jax.train.loop import describe_mesh
+
+    mesh = make_mesh(2, -1, 1)
+    line = describe_mesh(load_config(None, []), mesh)
+    assert line == "mesh data=2 fsdp=4 tensor=1 over 8 of 8 cpu devices (1 process)"
+    asked = describe_mesh(load_config(None, ["mesh.cpu_devices=2"]), mesh)
+    assert asked.startswith(line) and "mesh.cpu_devices=2 not applied" in asked
+    assert describe_mesh(load_config(None, ["mesh.cpu_devices=8"]), mesh) == line

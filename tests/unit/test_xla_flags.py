@@ -45,3 +45,15 @@ def test_installed_jaxlib_accepts_the_defaults_and_drops_ynnpack_dots():
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip() == "NO-YNN"
+
+
+def test_cpu_device_count_is_added_unless_the_user_names_one():
+    env = {"XLA_FLAGS": f"{YNN}="}
+    assert xla_flags.apply_cpu_devices(2, env)
+    assert env["XLA_FLAGS"] == f"{YNN}= --xla_force_host_platform_device_count=2"
+    assert not xla_flags.apply_cpu_devices(4, env)  # already set: the first count stays
+    assert env["XLA_FLAGS"].count("device_count") == 1
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert not xla_flags.apply_cpu_devices(2, env) and env["XLA_FLAGS"].endswith("=8")
+    env = {}
+    assert not xla_flags.apply_cpu_devices(0, env) and env == {}
