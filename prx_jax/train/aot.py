@@ -30,7 +30,7 @@ from prx_jax.config import Config
 from prx_jax.models.presets import get_preset
 from prx_jax.parallel.rules import make_mesh
 from prx_jax.train.metrics import forward_flops_per_image
-from prx_jax.train.optim import make_optimizer
+from prx_jax.train.optim import make_optimizer, muon_split_for
 from prx_jax.train.state import TrainState, make_model, param_sharding_tree, state_shardings
 from prx_jax.train.step import train_step
 
@@ -104,7 +104,9 @@ def step_parts(cfg: Config, mesh) -> StepParts:
     builder = functools.partial(make_model, cfg.model, prx)
     graphdef, abs_params = nnx.split(nnx.eval_shape(lambda: builder(nnx.Rngs(0))), nnx.Param)
     pure = abs_params.to_pure_dict()
-    tx = make_optimizer(cfg.optim, pure, stacked_blocks=cfg.model.scan_blocks)
+    tx = make_optimizer(
+        cfg.optim, pure, stacked_blocks=cfg.model.scan_blocks, muon_split=muon_split_for(mesh)
+    )
     param_sh = param_sharding_tree(abs_params, mesh)
 
     def init(params):

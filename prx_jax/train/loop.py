@@ -22,7 +22,7 @@ from prx_jax.parallel.distributed import maybe_initialize
 from prx_jax.parallel.rules import make_mesh
 from prx_jax.train import metrics as metrics_lib
 from prx_jax.train.checkpoint import Checkpointer, CheckpointError, abstract_like, check_writable
-from prx_jax.train.optim import lr_schedule, make_optimizer
+from prx_jax.train.optim import lr_schedule, make_optimizer, muon_split_for
 from prx_jax.train.preemption import StopSignal
 from prx_jax.train.prefetch import Prefetcher
 from prx_jax.train.state import TrainState, init_train_state, make_model
@@ -137,7 +137,10 @@ def setup(cfg: Config) -> Run:
     builder = functools.partial(make_model, cfg.model, prx)
     graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: builder(nnx.Rngs(0))), nnx.Param)
     tx = make_optimizer(
-        cfg.optim, abstract_params.to_pure_dict(), stacked_blocks=cfg.model.scan_blocks
+        cfg.optim,
+        abstract_params.to_pure_dict(),
+        stacked_blocks=cfg.model.scan_blocks,
+        muon_split=muon_split_for(mesh),
     )
     state, state_sh = init_train_state(
         graphdef, builder, tx, mesh, cfg.train.seed, _initial_params(cfg, prx, mesh)

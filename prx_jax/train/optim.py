@@ -194,6 +194,41 @@ class ScaleByMuonPRXState(NamedTuple):
     mu: optax.Updates  # momentum M, one leaf per Muon parameter
 
 
+def _orthogonalise_all(directions: list, ns: Callable, split: Callable | None) -> list:
+    """NS of every 2-D (or layer-stacked 3-D) leaf, in groups of one (min, max) shape.
+
+    Each group is one stacked [G, R, C] array (wide orientation, R <= C) run by a vmapped NS, so
+    the step has one chain of matmuls per shape rather than one per leaf. ``split(f, stack)``
+    computes ``f(stack)`` (see ``muon_split_for``): over data-parallel devices, each device
+    orthogonalises its share of the matrices instead of every device doing all of them.
+    """
+    groups: dict[tuple, list[tuple[int, bool]]] = {}
+    for i, u in enumerate(directions):
+        if u.ndim not in (2, 3):
+            raise ValueError(f"Muon needs 2-D (or layer-stacked 3-D) leaves, got {u.shape}")
+        R, C = u.shape[-2:]
+        groups.setdefault((min(R, C), max(R, C), u.dtype), []).append((i, R > C))
+    out: list = [None] * len(directions)
+    for members in groups.values():
+        mats = []
+        for i, transposed in members:
+            u = directions[i]
+            u = jnp.swapaxes(u, -1, -2) if transposed else u
+            mats.append(u.reshape(-1, *u.shape[-2:]))
+        stacked_GxRxC = jnp.concatenate(mats) if len(mats) > 1 else mats[0]
+        if split is None:
+            result_GxRxC = jax.vmap(ns)(stacked_GxRxC)
+        else:
+            result_GxRxC = split(jax.vmap(ns), stacked_GxRxC)
+        start = 0
+        for (i, transposed), m in zip(members, mats, strict=True):
+            x = result_GxRxC[start : start + m.shape[0]]
+            start += m.shape[0]
+            x = jnp.swapaxes(x, -1, -2) if transposed else x
+            out[i] = x.reshape(directions[i].shape)
+    return out
+
+
 def scale_by_muon_prx(
     beta: float = 0.95,
     nesterov: bool = True,
@@ -201,15 +236,24 @@ def scale_by_muon_prx(
     ns_coeffs: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
     ns_dtype=jnp.bfloat16,
     rms_scale: bool = True,
+    split: Callable[[Callable, jax.Array], jax.Array] | None = None,
 ) -> optax.GradientTransformation:
     """Muon direction of muon_fsdp2 0.3.0 for 2-D leaves (spec §5.3 steps 1-3); lr comes later.
 
     M <- M + (1 - beta)(G - M) (torch's lerp); U = M + (1 - beta)(G - M) with Nesterov, else M;
-    U <- NS(U) * (0.2 sqrt(max(R, C)) if rms_scale else sqrt(max(1, out / in))).
+    U <- NS(U) * (0.2 sqrt(max(R, C)) if rms_scale else sqrt(max(1, out / in))). 3-D leaves are
+    scanned blocks: each layer's matrix is orthogonalised on its own. ``split``: see
+    ``_orthogonalise_all``.
     """
 
     def init_fn(params):
         return ScaleByMuonPRXState(mu=jax.tree.map(jnp.zeros_like, params))
+
+    def scale(u):
+        rows_in, cols_out = u.shape[-2:]
+        if rms_scale:
+            return 0.2 * math.sqrt(max(rows_in, cols_out))
+        return math.sqrt(max(1.0, cols_out / rows_in))
 
     def update_fn(updates, state, params=None):
         del params
@@ -218,20 +262,11 @@ def scale_by_muon_prx(
             direction = jax.tree.map(lambda m, g: m + (1.0 - beta) * (g - m), mu, updates)
         else:
             direction = mu
-
-        def orthogonal(u):
-            # 2-D: one matrix; 3-D: scanned blocks, one matrix per layer (leading axis).
-            if u.ndim not in (2, 3):
-                raise ValueError(f"Muon needs 2-D (or layer-stacked 3-D) leaves, got {u.shape}")
-            rows_in, cols_out = u.shape[-2:]
-            if rms_scale:
-                scale = 0.2 * math.sqrt(max(rows_in, cols_out))
-            else:
-                scale = math.sqrt(max(1.0, cols_out / rows_in))
-            ns = functools.partial(newton_schulz, steps=ns_steps, coeffs=ns_coeffs, dtype=ns_dtype)
-            return (ns(u) if u.ndim == 2 else jax.vmap(ns)(u)) * scale
-
-        return jax.tree.map(orthogonal, direction), ScaleByMuonPRXState(mu=mu)
+        ns = functools.partial(newton_schulz, steps=ns_steps, coeffs=ns_coeffs, dtype=ns_dtype)
+        leaves, treedef = jax.tree.flatten(direction)
+        ortho = _orthogonalise_all(leaves, ns, split)
+        scaled = [x * scale(u) for x, u in zip(ortho, leaves, strict=True)]
+        return jax.tree.unflatten(treedef, scaled), ScaleByMuonPRXState(mu=mu)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -242,6 +277,7 @@ def make_optimizer(
     *,
     is_muon: Callable[[str, Any], bool] | None = None,
     stacked_blocks: bool = False,
+    muon_split: Callable[[Callable, jax.Array], jax.Array] | None = None,
 ) -> optax.GradientTransformation:
     """The optax transformation of `cfg` (apply with optax.apply_updates: updates are -lr * dir).
 
@@ -250,6 +286,7 @@ def make_optimizer(
     update, so the same transformation serves sharded and abstract trees. is_muon(path, leaf)
     overrides the Muon rule (default: ndim == 2 and "blocks" in the dotted path; with
     stacked_blocks, for scanned models, ndim == 3, each layer's matrix orthogonalised alone).
+    muon_split spreads Muon's stacks of same-shape matrices over devices (``muon_split_for``).
     """
     parts = []
     if cfg.clip_grad_norm:
@@ -267,6 +304,7 @@ def make_optimizer(
             tuple(cfg.muon_ns_coeffs),
             jnp.dtype(cfg.muon_ns_dtype),
             cfg.muon_rms_scale,
+            muon_split,
         )
         adam = optax.scale_by_adam(cfg.b1, cfg.b2, eps=cfg.muon_adam_eps, eps_root=0.0)
         parts.append(optax.partition({"muon": muon, "adam": adam}, label_fn))
@@ -274,3 +312,35 @@ def make_optimizer(
         parts.append(optax.add_decayed_weights(cfg.weight_decay))
     parts.append(optax.scale_by_learning_rate(lr_schedule(cfg)))
     return optax.chain(*parts)
+
+
+def muon_split_for(mesh) -> Callable[[Callable, jax.Array], jax.Array] | None:
+    """Muon's ``split`` for a data-parallel ``mesh`` (data > 1, fsdp = tensor = 1): every device
+    holds the whole (replicated) stack of matrices, runs ``f`` on its own slice of it, and one
+    all-gather per stack gives every device every result. A stack whose length does not divide
+    by the data axis runs whole on every device. None otherwise: with fsdp or tensor sharding the
+    matrices are already spread over the devices, and XLA orthogonalises them where they lie.
+
+    The slicing happens inside ``shard_map`` (input and output replicated), so XLA's sharding
+    propagation cannot push a split back into the momentum and all-to-all every matrix."""
+    from jax.sharding import PartitionSpec
+
+    if mesh is None or mesh.shape["data"] == 1 or mesh.shape["fsdp"] * mesh.shape["tensor"] > 1:
+        return None
+    n = mesh.shape["data"]
+
+    def split(f, stack):
+        if stack.shape[0] % n:
+            return f(stack)
+
+        def share(x):
+            k = x.shape[0] // n
+            mine = jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index("data") * k, k, axis=0)
+            return jax.lax.all_gather(f(mine), "data", axis=0, tiled=True)
+
+        replicated = PartitionSpec()
+        return jax.shard_map(
+            share, mesh=mesh, in_specs=replicated, out_specs=replicated, check_vma=False
+        )(stack)
+
+    return split
