@@ -21,6 +21,7 @@ TINY = [
     "model.theta=10000",  # PRX's RoPE base (the demo's 8x8 grid uses 100)
     "model.compute_dtype=float32",
     "text.max_length=16",
+    "text.compute_dtype=bfloat16",  # the trainer's default (the demo's CPU encoder runs fp32)
     "data.resolution=32",
     "data.patch_size=32",
     "data.global_batch_size=8",
