@@ -1,9 +1,11 @@
 """The frozen towers of a run: text encoder + tokenizer, and the VAE (latent models only).
 
 ``text.source="demo"`` builds a tiny T5Gemma-layout encoder with fixed random weights (seed 1234)
-and a word tokenizer over the demo vocabulary: no download, and frozen random features still carry
-every word's identity, which is all the demo task needs. ``"pipeline"`` loads the pipeline
-folder's ``text_encoder/`` and ``tokenizer/`` (T5Gemma-2B for Photoroom's checkpoints).
+and a word tokenizer over the demo vocabulary: no download. Word identity is not enough: PRX gives
+text tokens no positions, so which colour, size and place belong to which shape must be in the
+features, and the demo encoder's local attention puts it there (``demo_text_config``).
+``"pipeline"`` loads the pipeline folder's ``text_encoder/`` and ``tokenizer/`` (T5Gemma-2B for
+Photoroom's checkpoints).
 """
 
 from __future__ import annotations
@@ -23,9 +25,17 @@ from prx_jax.models.text_encoder import T5GemmaEncoderConfig, T5GemmaTextEncoder
 from prx_jax.parallel.rules import shard_module
 
 DEMO_TEXT_SEED = 1234
+# The demo encoder's post-attention norms scale by this (Gemma's (1 + w), w = gain - 1), so each
+# layer's attention adds about half as much as the sqrt(D)-scaled word embedding it sits on.
+DEMO_CONTEXT_GAIN = 4.0
 
 
 def demo_text_config(vocab_size: int) -> T5GemmaEncoderConfig:
+    """Two sliding-window layers that see 4 words either side: a random encoder cannot learn which
+    words belong together, so locality does it. "a red circle ... and a blue star" then gives
+    "circle" a feature that carries "red" and not "blue" (a linear probe on the shape word of
+    two-object captions reads its colour 100% / position 95%, against 78% / 64% with the earlier
+    window 8 + full attention, which mixed the whole caption into every word)."""
     return T5GemmaEncoderConfig(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -35,8 +45,22 @@ def demo_text_config(vocab_size: int) -> T5GemmaEncoderConfig:
         num_key_value_heads=2,
         head_dim=16,
         query_pre_attn_scalar=16,
-        sliding_window=8,
+        sliding_window=4,
+        layer_types=("sliding_attention", "sliding_attention"),
     )
+
+
+def demo_text_encoder(vocab_size: int, dtype=None) -> T5GemmaTextEncoder:
+    """The demo's frozen encoder: fixed random weights (``DEMO_TEXT_SEED``), post-attention norms
+    at ``DEMO_CONTEXT_GAIN``. With unit norms the context is 1/8 of each feature and the shape
+    word of "red circle" and "blue circle" has cosine 0.998."""
+    encoder = T5GemmaTextEncoder(
+        demo_text_config(vocab_size), rngs=nnx.Rngs(DEMO_TEXT_SEED), dtype=dtype
+    )
+    for layer in encoder.layers:
+        w = layer.post_self_attn_layernorm.weight
+        w[...] = jnp.full_like(w[...], DEMO_CONTEXT_GAIN - 1.0)
+    return encoder
 
 
 @dataclasses.dataclass
@@ -78,8 +102,7 @@ def build_towers(cfg, mesh: Mesh) -> Towers:
         from prx_jax.data.word_tokenizer import WordTokenizer
 
         tokenizer = WordTokenizer(VOCABULARY, cfg.text.max_length)
-        tcfg = demo_text_config(tokenizer.vocab_size)
-        encoder = T5GemmaTextEncoder(tcfg, rngs=nnx.Rngs(DEMO_TEXT_SEED), dtype=text_dtype)
+        encoder = demo_text_encoder(tokenizer.vocab_size, text_dtype)
         shard_module(encoder, mesh)
     else:
         from prx_jax.convert.t5gemma import load_text_encoder

@@ -111,3 +111,30 @@ def test_strict_weights(tmp_path):
     msg = str(e.value)
     assert "layers.1.mlp.up_proj.weight" in msg and "layers.0.extra.weight" in msg
     assert "norm.weight: source (39,)" in msg
+
+
+def test_demo_encoder_exported_matches_transformers(tmp_path):
+    """The demo's encoder (two sliding layers of window 4, post-attention norms at the context
+    gain) written as a text_encoder/ folder computes in transformers what it computes here, on
+    demo captions longer than two windows."""
+    from diffusers.pipelines.prx import T5GemmaEncoder
+
+    from prx_jax.data import demo
+    from prx_jax.data.word_tokenizer import WordTokenizer
+    from prx_jax.publish.towers_export import save_text_encoder
+    from prx_jax.train.towers import DEMO_CONTEXT_GAIN, demo_text_encoder
+
+    tok = WordTokenizer(demo.VOCABULARY, 32)
+    enc = demo_text_encoder(tok.vocab_size)
+    assert enc.config.layer_types == ("sliding_attention",) * 2 and enc.config.sliding_window == 4
+    save_text_encoder(enc, tmp_path / "text_encoder")
+    model = T5GemmaEncoder.from_pretrained(str(tmp_path / "text_encoder")).eval()
+    norm = model.state_dict()["layers.1.post_self_attn_layernorm.weight"].numpy()
+    np.testing.assert_array_equal(norm, DEMO_CONTEXT_GAIN - 1.0)
+    ids, mask = tok.tokenize([demo.sample_scene(5, i).caption for i in range(6)] + [""])
+    assert mask.sum(1).max() > 2 * 4 + 1  # some caption spans more than two windows
+    want = torch_forward(model, ids, mask)
+    got = np.asarray(jax.jit(lambda i, m: enc(i, m))(jnp.asarray(ids), jnp.asarray(mask)))
+    err = rel_err(got, want)
+    print(f"demo t5gemma fp32: max relative error {err:.2e}")
+    assert err <= 1e-5
