@@ -14,10 +14,3 @@ import jax  # noqa: E402
 # Parity is judged in true fp32: XLA's CPU default already is, this pins it on every backend.
 jax.config.update("jax_default_matmul_precision", "highest")
 
-
-def pytest_configure(config):
-    # Grain's multiprocess paths read absl flags; under pytest nobody parses them.
-    from absl import flags
-
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()

@@ -194,6 +194,16 @@ class DataIterator:
             self._it.start_prefetch()
 
 
+def _parse_absl_flags() -> None:
+    """Grain's worker processes read absl flags (`--grain_enable_multiprocess_worker_profiling`)
+    and raise UnparsedFlagAccessError when no `absl.app` parsed them, as in `python -m
+    prx_jax.train`. Nothing here takes absl flags, so every one keeps its default."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 def make_pipeline(
     cfg: DataConfig,
     *,
@@ -222,6 +232,7 @@ def make_pipeline(
     read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch)
     ids = ds.to_iter_dataset(read)
     if cfg.worker_count > 0:
+        _parse_absl_flags()
         opts = grain.MultiprocessingOptions(
             num_workers=cfg.worker_count, per_worker_buffer_size=cfg.prefetch
         )
