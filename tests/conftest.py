@@ -13,4 +13,3 @@ import jax  # noqa: E402
 
 # Parity is judged in true fp32: XLA's CPU default already is, this pins it on every backend.
 jax.config.update("jax_default_matmul_precision", "highest")
-
