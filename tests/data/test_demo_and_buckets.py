@@ -44,6 +44,17 @@ def test_demo_is_deterministic_at_any_size():
     assert words <= set(demo.VOCABULARY)
 
 
+def test_demo_render_downscales_only_objects_yet_matches_the_whole_image_resize():
+    """render() box-averages only the blocks under objects; the whole drawing resized must agree
+    to the pixel, at the training sizes and at odd ones (a split inside a pixel)."""
+    for i in range(240):
+        w, h = [(64, 64), (80, 48), (48, 80), (33, 17), (9, 8), (57, 61)][i % 6]
+        scene = demo.sample_scene(5, i)
+        drawn, ss, _ = demo._draw(scene, w, h)
+        want = np.asarray(drawn.resize((w, h), Image.Resampling.BOX))
+        assert np.array_equal(demo.render(scene, w, h), want), (i, w, h, scene)
+
+
 def test_scorer_on_own_images_and_shuffled_captions():
     own, noisy, shuffled = [], [], []
     rng = np.random.default_rng(0)
