@@ -164,6 +164,16 @@ def render(scene: DemoScene, width: int, height: int) -> np.ndarray:
     return _downscale(img, scene, ss, dirty)
 
 
+def _background(scene: DemoScene, w: int, h: int) -> Image.Image:
+    """The scene's background alone at w x h: one colour, or split into halves."""
+    img = Image.new("RGB", (w, h), BACKGROUNDS[scene.background[0]])
+    if scene.split == "horizontal":
+        ImageDraw.Draw(img).rectangle([0, h // 2, w, h], fill=BACKGROUNDS[scene.background[1]])
+    elif scene.split == "vertical":
+        ImageDraw.Draw(img).rectangle([w // 2, 0, w, h], fill=BACKGROUNDS[scene.background[1]])
+    return img
+
+
 def _draw(scene: DemoScene, width: int, height: int) -> tuple[Image.Image, int, list]:
     """The scene drawn `ss` times larger (4 up to 256 px, else 1), and the box around each object
     (in drawn pixels) outside which the image is flat background."""
@@ -171,12 +181,8 @@ def _draw(scene: DemoScene, width: int, height: int) -> tuple[Image.Image, int, 
         raise ValueError(f"demo images need both sides >= 8 px, got {width}x{height}")
     ss = 4 if max(width, height) <= 256 else 1
     w, h = width * ss, height * ss
-    img = Image.new("RGB", (w, h), BACKGROUNDS[scene.background[0]])
+    img = _background(scene, w, h)
     draw = ImageDraw.Draw(img)
-    if scene.split == "horizontal":
-        draw.rectangle([0, h // 2, w, h], fill=BACKGROUNDS[scene.background[1]])
-    elif scene.split == "vertical":
-        draw.rectangle([w // 2, 0, w, h], fill=BACKGROUNDS[scene.background[1]])
     short = min(w, h)
     dirty = []  # (x0, y0, x1, y1) around each object, in drawn pixels
     for obj in scene.objects:
@@ -205,15 +211,7 @@ def _downscale(img: Image.Image, scene: DemoScene, ss: int, dirty: list) -> np.n
     size = img.height if scene.split == "horizontal" else img.width
     if scene.split != "none" and (size // 2) % ss:
         return np.asarray(img.resize((width, height), Image.Resampling.BOX), dtype=np.uint8)
-    out = Image.new("RGB", (width, height), BACKGROUNDS[scene.background[0]])
-    if scene.split == "horizontal":
-        ImageDraw.Draw(out).rectangle(
-            [0, size // 2 // ss, width, height], fill=BACKGROUNDS[scene.background[1]]
-        )
-    elif scene.split == "vertical":
-        ImageDraw.Draw(out).rectangle(
-            [size // 2 // ss, 0, width, height], fill=BACKGROUNDS[scene.background[1]]
-        )
+    out = _background(scene, width, height)  # the split is on a pixel edge: same halves
     for x0, y0, x1, y1 in dirty:
         x0, y0 = max(0, int(x0 // ss)), max(0, int(y0 // ss))
         x1, y1 = min(width, int(-(-x1 // ss))), min(height, int(-(-y1 // ss)))
