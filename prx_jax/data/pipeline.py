@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +86,47 @@ class _Plan:
         return self.members[gid][j], int(rid - self.offsets[gid][j])
 
 
+_THREAD = threading.local()
+
+
+def _idle_priority_for_this_thread() -> None:
+    """Once per thread: Linux SCHED_IDLE for a reading thread or worker process, which then runs
+    only when a core has nothing else to run. The training process's main thread (reading itself
+    when `read_threads=0`) dispatches the steps and keeps its priority."""
+    if getattr(_THREAD, "checked", False):
+        return
+    _THREAD.checked = True
+    if threading.current_thread() is threading.main_thread():
+        if multiprocessing.parent_process() is None:
+            return
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: the calling thread
+    except (AttributeError, OSError) as e:  # not Linux, or refused: keep the normal priority
+        log.info("data threads keep their priority: %s", e)
+
+
+def _idle_threads(cfg: DataConfig, batch_sharding: Any) -> bool:
+    if cfg.thread_priority != "auto":
+        return cfg.thread_priority == "idle"
+    if batch_sharding is not None:
+        return next(iter(batch_sharding.device_set)).platform == "cpu"
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
 class _LoadBatch(grain.transforms.Map):
     """Step index -> this process's rows of that step's global batch, as numpy."""
 
-    def __init__(self, cfg: DataConfig, plan: _Plan | None, process_index: int, local_rows: int):
-        self.cfg, self.plan = cfg, plan
+    def __init__(
+        self,
+        cfg: DataConfig,
+        plan: _Plan | None,
+        process_index: int,
+        local_rows: int,
+        idle: bool = False,
+    ):
+        self.cfg, self.plan, self.idle = cfg, plan, idle
         self.lo, self.rows = process_index * local_rows, local_rows
         self.grid = bucket_sizes(cfg.resolution, cfg.patch_size)
         self._sources: list[Any] | None = None
@@ -96,6 +135,8 @@ class _LoadBatch(grain.transforms.Map):
         return {**self.__dict__, "_sources": None}
 
     def map(self, step: int) -> dict[str, np.ndarray]:
+        if self.idle:
+            _idle_priority_for_this_thread()
         return self._demo(step) if self.plan is None else self._prepared(step)
 
     def _demo(self, step: int) -> dict[str, np.ndarray]:
@@ -228,7 +269,8 @@ def make_pipeline(
     if cfg.num_epochs is not None:
         steps = cfg.num_epochs * (plan.batches_per_epoch if plan else _INFINITE_STEPS)
     local_rows = cfg.global_batch_size // process_count
-    ds = grain.MapDataset.range(steps).map(_LoadBatch(cfg, plan, process_index, local_rows))
+    load = _LoadBatch(cfg, plan, process_index, local_rows, _idle_threads(cfg, batch_sharding))
+    ds = grain.MapDataset.range(steps).map(load)
     read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch)
     ids = ds.to_iter_dataset(read)
     if cfg.worker_count > 0:

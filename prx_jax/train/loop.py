@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from prx_jax.config import Config, save_config
+from prx_jax.host_memory import keep_freed_memory
 from prx_jax.models.presets import get_preset
 from prx_jax.models.prx_config import PRXConfig
 from prx_jax.parallel.distributed import maybe_initialize
@@ -184,6 +185,8 @@ def train(cfg: Config) -> dict:
     from prx_jax.data import make_pipeline
 
     maybe_initialize()
+    if cfg.mesh.cpu_keep_memory and jax.default_backend() == "cpu":
+        keep_freed_memory()
     run_dir = Path(cfg.run_dir)
     check_writable(run_dir)
     ckpt = Checkpointer(

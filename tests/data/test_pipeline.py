@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import os
+import threading
 
 import grain
 import jax
@@ -12,6 +14,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prx_jax.data import DataConfig, make_pipeline, records, transforms
+from prx_jax.data.pipeline import _idle_threads, _LoadBatch
 from prx_jax.data.preparation import PrepareOptions, prepare
 
 G = 4  # global batch size
@@ -141,3 +144,51 @@ def test_config_validation():
         DataConfig(resolution=60, patch_size=16)
     with pytest.raises(ValueError, match="divisible"):
         make_pipeline(_cfg("demo", global_batch_size=3), process_index=0, process_count=2)
+    with pytest.raises(ValueError, match="thread_priority"):
+        DataConfig(thread_priority="low")
+
+
+def _policies() -> dict[int, int]:
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            out[int(tid)] = os.sched_getscheduler(int(tid))
+        except OSError:  # the thread ended meanwhile
+            pass
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+def test_reading_threads_run_at_idle_priority_but_the_main_thread_does_not():
+    before = _policies()
+    it = make_pipeline(_cfg("demo", read_threads=2), process_index=0, process_count=1)
+    _take(it, 3)  # "auto" on the CPU backend: idle
+    after = _policies()
+    new = [tid for tid in after if tid not in before]
+    assert new and any(after[t] == os.SCHED_IDLE for t in new)
+    assert after[threading.get_native_id()] == os.SCHED_OTHER
+
+    load = _LoadBatch(_cfg("demo"), None, 0, G, idle=True)
+    load.map(0)  # reading in the main thread (read_threads=0): the loop's thread keeps its priority
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    seen = {}
+
+    def read(**kw):
+        _LoadBatch(_cfg("demo"), None, 0, G, **kw).map(0)
+        seen[kw["idle"]] = os.sched_getscheduler(0)
+
+    for idle in (True, False):
+        t = threading.Thread(target=read, kwargs={"idle": idle})
+        t.start()
+        t.join()
+    assert seen == {True: os.SCHED_IDLE, False: os.SCHED_OTHER}
+
+
+def test_thread_priority_auto_means_idle_on_cpu_only():
+    assert _idle_threads(_cfg("demo", thread_priority="auto"), None) == (
+        jax.default_backend() == "cpu"
+    )
+    assert _idle_threads(_cfg("demo", thread_priority="normal"), None) is False
+    assert _idle_threads(_cfg("demo", thread_priority="idle"), None) is True
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    assert _idle_threads(_cfg("demo"), NamedSharding(mesh, PartitionSpec("data"))) is True
