@@ -21,7 +21,8 @@ class DataConfig:
     read_threads: int = 2  # threads decoding batches when worker_count == 0
     # Scheduling of the reading threads and worker processes: "idle" (Linux SCHED_IDLE: they run
     # only on cores nothing else wants), "normal", or "auto": idle when training on the CPU
-    # backend, where they share the cores with the XLA devices (demo: ~4% faster).
+    # backend, where they share the cores with the XLA devices (demo: ~4% faster). Several CPU
+    # trainings on the same cores: use "normal", or each one's readers wait for the others' steps.
     thread_priority: typing.Literal["auto", "idle", "normal"] = "auto"
     num_epochs: int | None = None  # None: repeat forever (each epoch reshuffled)
     demo_multi_aspect: bool = False  # demo: draw each batch's bucket from the grid, else square
